@@ -265,20 +265,21 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         sampler.set_epoch(epoch)
         sampler.set_position(state.step_in_epoch)
         model.train()
+        # the loader's own generator (not the global one) seeds its workers, so resuming mid-epoch
+        # leaves the global RNG stream, and with it augmentation and dropout, where it was
         loader = DataLoader(splits.train, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                            pin_memory=device.type == "cuda")
+                            pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch))
         started = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, initial=state.step_in_epoch, disable=not progress,
                    desc=f"epoch {epoch + 1}/{cfg.train.epochs}", dynamic_ncols=True)
         for images, labels in loader:
-            if state.step_in_epoch >= steps_per_epoch:
-                break
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 loss, logs = model(images, labels)
             if not torch.isfinite(loss.detach()):
                 where = (f"non-finite loss at epoch {epoch + 1}, step {state.step_in_epoch + 1} "
-                         f"(global step {state.global_step + 1}): {_describe_nonfinite({'loss': loss, **logs})}")
+                         f"(global step {state.global_step + 1}): {_describe_nonfinite({**logs, 'loss': loss})}")
                 if cfg.train.nonfinite == "raise":
                     raise NonFiniteLossError(where + "; set train.nonfinite=skip to skip such batches")
                 optimizer.zero_grad(set_to_none=True)
@@ -306,8 +307,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                 state.train_time += time.perf_counter() - started
                 started = time.perf_counter()
                 checkpoint()
-            if stopped:
-                break
+            if stopped or state.step_in_epoch >= steps_per_epoch:
+                break  # before the loader draws (and augments) a batch the run will not use
         bar.close()
         state.train_time += time.perf_counter() - started
         if state.step_in_epoch < steps_per_epoch:

@@ -2,9 +2,10 @@
 # Debian packages pygml's embedded data needs: the fonts the glyphs dataset is rendered from and
 # Fashion-MNIST. Skips the install when everything is present already.
 set -euo pipefail
-packages=(fonts-dejavu-core fonts-dejavu-extra fonts-liberation2 fonts-freefont-ttf fonts-urw-base35
-          fonts-texgyre fonts-noto-core fonts-noto-mono fonts-dkg-handwriting fonts-humor-sans
-          fonts-rufscript dataset-fashion-mnist)
+cd "$(dirname "$0")/.."
+# the font packages are those the glyphs manifest was made from (one list, in the manifest)
+read -r -a packages < <(python3 -c "import json; print(' '.join(json.load(open('pygml/data/glyphs_manifest.json'))['variants']['full']['packages']))")
+packages+=(dataset-fashion-mnist)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

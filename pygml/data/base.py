@@ -1,0 +1,182 @@
+"""The dataset interface every pygml loader follows, the train / query / gallery / validation bundle, and
+the one entry point that builds them from a :class:`~pygml.config.DataConfig`.
+
+A retrieval dataset yields ``(image, label)`` pairs; its ``labels`` array is available without loading any
+image, so samplers and evaluators can read it directly. Labels are contiguous ``0 .. C-1`` *within a split*:
+the train split's label 0 and the test split's label 0 are different classes (zero-shot retrieval).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from pygml.config import DataConfig
+
+Transform = Optional[Callable[[Image.Image], Any]]
+
+
+class RetrievalDataset(Dataset):
+    """Images with integer class labels, for metric learning and retrieval.
+
+    Subclasses set ``labels`` (``np.ndarray[int64]`` of shape ``(N,)``, values ``0 .. C-1``),
+    ``class_names`` (``C`` strings, ``class_names[c]`` names label ``c``), ``name`` and ``split``, and
+    implement :meth:`load_image`. ``dataset[i]`` is ``(transform(load_image(i)), labels[i])``.
+    """
+
+    name: str = ""
+    split: str = ""
+
+    def __init__(self, labels: Sequence[int] | np.ndarray, class_names: Sequence[str], transform: Transform = None):
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.ndim != 1:
+            raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
+            raise ValueError(f"labels must lie in 0..{len(class_names) - 1} (one per class name); "
+                             f"got values {labels.min()}..{labels.max()}")
+        self.labels = labels
+        self.class_names = list(class_names)
+        self.transform = transform
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def load_image(self, index: int) -> Image.Image:
+        """The ``index``-th image as an RGB PIL image, before any transform."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = self.load_image(index)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, images={len(self)}, "
+                f"classes={self.num_classes})")
+
+
+class GrayImages(RetrievalDataset):
+    """A retrieval dataset held in memory as grey images: ``images`` is ``uint8 (N, H, W)``; items are
+    RGB PIL images (the grey value in all three channels), so every backbone gets three channels."""
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int] | np.ndarray, class_names: Sequence[str],
+                 transform: Transform = None):
+        if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(labels):
+            raise ValueError(f"images must be uint8 (N, H, W) with one label each; got {images.dtype} "
+                             f"{images.shape} for {len(labels)} labels")
+        super().__init__(labels, class_names, transform)
+        self.images = images
+
+    def load_image(self, index: int) -> Image.Image:
+        return Image.fromarray(self.images[index]).convert("RGB")
+
+
+class ClassSubset(RetrievalDataset):
+    """The images of some classes of ``base``, relabelled ``0 .. len(classes)-1`` in the given order, with
+    their own transform (``base``'s own transform is not applied)."""
+
+    def __init__(self, base: RetrievalDataset, classes: Sequence[int], split: str, transform: Transform = None):
+        classes = [int(c) for c in classes]
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"classes of a subset must be distinct, got {classes}")
+        bad = [c for c in classes if not 0 <= c < base.num_classes]
+        if bad:
+            raise ValueError(f"classes {bad} are not labels of {base!r}")
+        remap = np.full(base.num_classes, -1, dtype=np.int64)
+        remap[classes] = np.arange(len(classes))
+        self.indices = np.flatnonzero(remap[base.labels] >= 0)
+        super().__init__(remap[base.labels[self.indices]], [base.class_names[c] for c in classes], transform)
+        self.base = base
+        self.name = base.name
+        self.split = split
+
+    def load_image(self, index: int) -> Image.Image:
+        return self.base.load_image(int(self.indices[index]))
+
+
+@dataclass
+class DatasetSplits:
+    """What a run needs. ``gallery is None`` means leave-one-out retrieval within ``query`` (the query
+    itself excluded); ``val`` is carved from the training classes (never the test classes)."""
+
+    train: RetrievalDataset
+    query: RetrievalDataset
+    gallery: Optional[RetrievalDataset] = None
+    val: Optional[RetrievalDataset] = None
+
+
+def carve_validation(train: RetrievalDataset, fraction: float, seed: int = 0,
+                     val_transform: Transform = None) -> tuple[RetrievalDataset, RetrievalDataset]:
+    """Hold out ``round(fraction * C)`` of the ``C`` training *classes* (at least one) as a validation split.
+
+    The held-out classes are the first of a permutation of ``0 .. C-1`` drawn with
+    ``numpy.random.default_rng(seed)``, so the split depends only on ``C``, ``fraction`` and ``seed``.
+    Returns ``(train_rest, val)``: both relabelled contiguously (in increasing order of the original
+    labels); ``train_rest`` keeps ``train.transform``, ``val`` gets ``val_transform``.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"data.val_fraction must be in (0, 1) to carve a validation split, got {fraction}")
+    n_classes = train.num_classes
+    n_val = max(1, int(round(fraction * n_classes)))
+    if n_classes - n_val < 2 or n_val < 2:
+        raise ValueError(f"data.val_fraction={fraction} of {n_classes} training classes leaves {n_classes - n_val} "
+                         f"for training and {n_val} for validation; both need at least 2")
+    perm = np.random.default_rng(seed).permutation(n_classes)
+    val_classes = np.sort(perm[:n_val])
+    train_classes = np.sort(perm[n_val:])
+    return (ClassSubset(train, train_classes, train.split, train.transform),
+            ClassSubset(train, val_classes, "val", val_transform))
+
+
+def default_root(cfg: DataConfig) -> Path:
+    """``cfg.root``, or ``./data/<name>`` when it is not set."""
+    return Path(cfg.root) if cfg.root is not None else Path("data") / cfg.name
+
+
+def build_datasets(cfg: DataConfig, train_transform: Transform, test_transform: Transform,
+                   seed: int = 0) -> DatasetSplits:
+    """Build the splits named by ``cfg.name``; carve a validation split when ``cfg.val_fraction > 0``.
+
+    ``glyphs`` / ``glyphs_matplotlib`` (:class:`~pygml.data.glyphs.Glyphs`, cached under the root),
+    ``fashion_mnist`` (:class:`~pygml.data.small.FashionMNIST`; the root defaults to the Debian package's
+    directory), ``digits`` (:class:`~pygml.data.small.Digits`, no root); the benchmarks ``cub``, ``cars``,
+    ``sop``, ``inshop`` come from :func:`pygml.data.benchmarks.build_benchmark`.
+    """
+    from pygml.data.glyphs import Glyphs
+    from pygml.data.small import FASHION_MNIST_ROOT, Digits, FashionMNIST
+
+    name = cfg.name
+    if name in ("glyphs", "glyphs_matplotlib"):
+        variant = "full" if name == "glyphs" else "matplotlib"
+        root = default_root(cfg)
+        kw = dict(variant=variant, strict=cfg.strict_fonts)
+        splits = DatasetSplits(train=Glyphs(root, "train", train_transform, **kw),
+                               query=Glyphs(root, "test", test_transform, **kw))
+    elif name == "fashion_mnist":
+        root = cfg.root if cfg.root is not None else FASHION_MNIST_ROOT
+        splits = DatasetSplits(train=FashionMNIST(root, "train", train_transform),
+                               query=FashionMNIST(root, "test", test_transform))
+    elif name == "digits":
+        splits = DatasetSplits(train=Digits("train", train_transform), query=Digits("test", test_transform))
+    elif name in ("cub", "cars", "sop", "inshop"):
+        from pygml.data.benchmarks import build_benchmark
+
+        splits = build_benchmark(cfg, train_transform, test_transform)
+    else:
+        raise ValueError(f"data.name={name!r} is not a known dataset; expected one of glyphs, glyphs_matplotlib, "
+                         "fashion_mnist, digits, cub, cars, sop, inshop")
+    if cfg.val_fraction > 0:
+        if splits.val is not None:
+            raise ValueError(f"dataset {name!r} already has a validation split; set data.val_fraction=0")
+        splits.train, splits.val = carve_validation(splits.train, cfg.val_fraction, seed, test_transform)
+    return splits
