@@ -299,7 +299,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
             state.step_in_epoch += 1
             state.global_step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             if cfg.train.stop_after_steps and state.global_step >= cfg.train.stop_after_steps:
                 stopped = True
             every = cfg.train.checkpoint_every_steps
@@ -351,7 +351,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
                 result[split] = metrics
         if main:
             (out / "metrics.json").write_text(json.dumps(result, indent=2))
-            if progress and "test" in result:
+            if "test" in result:
                 print(f"\n{cfg.method} on {cfg.data.name}, last epoch ({state.epoch}), test split:")
                 print(metrics_table(result["test"]))
     return result
