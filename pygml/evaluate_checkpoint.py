@@ -5,25 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
-
 from pygml.checkpoint import load_checkpoint, load_model_state
-from pygml.config import apply_overrides, config_from_dict
+from pygml.config import Config, apply_overrides, config_from_dict
 from pygml.data import build_datasets, build_transforms
 from pygml.engine import embed_dataset, evaluate_splits, select_device
 from pygml.evaluation import RetrievalEvaluator
-from pygml.methods import build_method
+from pygml.methods import Method, build_method
+
+
+def load_trained(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Method, Config]:
+    """The trained method of a checkpoint (on the CPU, in eval mode) and its stored config with overrides."""
+    ckpt = load_checkpoint(path)
+    cfg = apply_overrides(config_from_dict(ckpt["config"]), list(overrides))
+    method = build_method(cfg, ckpt["num_classes"])
+    load_model_state(method, ckpt["model"], path)
+    return method.eval(), cfg
 
 
 def evaluate_checkpoint(path: str | Path, overrides: Sequence[str] = (), *, device: str = "auto", refine: int = 0,
                         plots: Optional[str] = None) -> dict[str, Any]:
     """Metrics of a checkpoint on its test split (and validation split, if the config has one)."""
-    ckpt = load_checkpoint(path)
-    cfg = apply_overrides(config_from_dict(ckpt["config"]), list(overrides))
+    method, cfg = load_trained(path, overrides)
     dev = select_device(device)
-    method = build_method(cfg, ckpt["num_classes"])
-    load_model_state(method, ckpt["model"], path)
-    method.to(dev).eval()
+    method.to(dev)
     _, test_tf = build_transforms(cfg.data)
     splits = build_datasets(cfg.data, test_tf, test_tf)
     evaluator = RetrievalEvaluator(recall_at=tuple(cfg.eval.recall_at), metric=cfg.eval.metric, nmi=cfg.eval.nmi)
