@@ -1,0 +1,180 @@
+"""Intra-Batch Connections (Seidenschwarz, Elezi, Leal-Taixé, ICML 2021): methods.md section 1.
+
+Backbone (ResNet-50, global max pooling) → ``Linear(D, 512)`` = f. Two losses, both label-smoothed
+cross-entropies with temperature T:
+
+* a classifier ``Linear(512, C)`` on the un-normalised f (the backbone loss);
+* the message passing network :class:`~pygml.nn.IntraBatchMPN` on normalize(f) over the batch graph,
+  fully connected with self loops (``intra_batch.k: null``, the paper) or the visual kNN graph
+  (``intra_batch.k: K``, an option the official code does not have). The graph holds only visual
+  edges: the MPN never sees the labels.
+
+At test time the MPN is not used: the embedding is normalize(f), one image at a time. The paper's
+supplementary test-time refinement (the MPN over each sample's k-reciprocal neighbourhood in the test
+set) is :func:`refine`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pygml.config import Config
+from pygml.graph import VISUAL, batch_graph, edges_of_type
+from pygml.methods.base import Method, register_method
+from pygml.models import build_backbone, l2n
+from pygml.nn import IntraBatchMPN
+
+
+@register_method("intra_batch")
+class IntraBatch(Method):
+    """Backbone + embedding + classifier, and the MPN over the batch graph (``intra_batch.mpn``)."""
+
+    def __init__(self, cfg: Config, num_classes: int) -> None:
+        super().__init__()
+        ib = cfg.intra_batch
+        if ib.temperature <= 0:
+            raise ValueError(f"intra_batch.temperature must be positive, got {ib.temperature}")
+        if not 0.0 <= ib.label_smoothing < 1.0:
+            raise ValueError(f"intra_batch.label_smoothing must be in [0, 1), got {ib.label_smoothing}")
+        dim = cfg.model.embedding_dim
+        self.temperature = ib.temperature
+        self.k = ib.k
+        self.backbone = build_backbone(cfg.model)
+        self.head = nn.Linear(self.backbone.out_dim, dim)
+        self.classifier = nn.Linear(dim, num_classes)
+        self.mpn = (IntraBatchMPN(dim, dim, num_classes, layers=ib.layers, heads=ib.heads, dropout=ib.dropout,
+                                  zero_logit=ib.zero_logit, concat=ib.concat) if ib.mpn else None)
+        self.ce = nn.CrossEntropyLoss(label_smoothing=ib.label_smoothing)
+
+    def features(self, images: Tensor) -> Tensor:
+        """The un-normalised embedding f, (B, d)."""
+        return self.head(self.backbone(images))
+
+    def embed(self, images: Tensor) -> Tensor:
+        return l2n(self.features(images))
+
+    def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        f = self.features(images)
+        loss_backbone = self.ce(self.classifier(f) / self.temperature, labels)
+        logs = {"loss_backbone": loss_backbone.detach()}
+        loss = loss_backbone
+        if self.mpn is not None:
+            x, y = self.gather_rows(l2n(f), labels)
+            graph = batch_graph(x, y, k=self.k, label_edges=False, self_loops=True)
+            _, logits = self.mpn(x, edges_of_type(graph, VISUAL))
+            loss_mpn = self.ce(logits / self.temperature, y)
+            logs["loss_mpn"] = loss_mpn.detach()
+            loss = loss + loss_mpn
+        logs["loss"] = loss.detach()
+        return loss, logs
+
+    def param_groups(self) -> list[dict]:
+        groups = [
+            {"name": "backbone", "params": [p for p in self.backbone.parameters() if p.requires_grad]},
+            {"name": "head", "params": [*self.head.parameters(), *self.classifier.parameters()]},
+        ]
+        if self.mpn is not None:
+            groups.append({"name": "mpn", "params": [p for p in self.mpn.parameters() if p.requires_grad]})
+        return groups
+
+    def refine(self, embeddings: Tensor, k: int, max_edges: int = 2**16) -> Tensor:
+        """Test-time refinement of a whole test set's embeddings; see :func:`refine`."""
+        if self.mpn is None:
+            raise ValueError("test-time refinement needs the MPN, but this model was trained with "
+                             "intra_batch.mpn=false")
+        return refine(self.mpn, embeddings, k, max_edges=max_edges)
+
+
+def k_reciprocal_neighbours(x: Tensor, k: int, chunk_size: int = 4096) -> tuple[Tensor, Tensor]:
+    """Each row's k nearest other rows by cosine similarity and which of them are k-reciprocal.
+
+    j is a k-reciprocal neighbour of i when j is among i's k nearest neighbours and i among j's
+    (the row itself is never its own neighbour, told apart by index, not by rank).
+
+    Args:
+        x: rows (N, d); compared by cosine similarity.
+        k: neighbours per row, 1 ≤ k ≤ N − 1.
+        chunk_size: rows of the similarity matrix held at once.
+
+    Returns:
+        ``neighbours`` (N, k), most similar first, and ``reciprocal`` (N, k) bool.
+    """
+    n = x.size(0)
+    if not 1 <= k <= n - 1:
+        raise ValueError(f"k must be in [1, {n - 1}] for {n} rows, got {k}")
+    xn = l2n(x)
+    neighbours = torch.empty(n, k, dtype=torch.long, device=x.device)
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        sim = xn[start:stop] @ xn.t()
+        rows = torch.arange(stop - start, device=x.device)
+        sim[rows, rows + start] = -float("inf")
+        neighbours[start:stop] = sim.topk(k, dim=1).indices
+    own = torch.arange(n, device=x.device).view(-1, 1)
+    pairs = (own * n + neighbours).view(-1)  # i * n + j for every j in kNN(i)
+    reciprocal = torch.isin(neighbours * n + own, pairs)  # j * n + i: is i in kNN(j)?
+    return neighbours, reciprocal
+
+
+@torch.no_grad()
+def refine(mpn: IntraBatchMPN, embeddings: Tensor, k: int, *, max_edges: int = 2**16) -> Tensor:
+    r"""The test-time refinement of Seidenschwarz et al. (ICML 2021, supplementary): each sample's
+    embedding is replaced by the MPN's output for it on the graph of itself and its k-reciprocal
+    neighbours in the set (fully connected, self loops).
+
+    For each row i: R(i) = {j ≠ i : j ∈ kNN(i) and i ∈ kNN(j)} (cosine similarity, see
+    :func:`k_reciprocal_neighbours`); the MPN runs in eval mode on normalize(f) of {i} ∪ R(i), and the
+    refined embedding is the L2-normalised last-layer feature of i (before the neck). A row with no
+    reciprocal neighbour is refined on its own (a one-node graph with its self loop), so every row lies
+    in the same space. ``k = 0`` means no refinement: normalize(f), the usual test embedding.
+
+    Departures from the official code, which uses the k-reciprocal *expansion* of Zhong et al. (2017)
+    with k = 30 and pads each neighbourhood with plain nearest neighbours to a fixed size: here the
+    neighbourhood is the plain k-reciprocal set, whatever its size.
+
+    Cost: the MPN runs on Σ_i (1 + |R(i)|) ≤ N·(k + 1) nodes and Σ_i (1 + |R(i)|)² edges.
+
+    Args:
+        mpn: the trained message passing network.
+        embeddings: f or normalize(f) of the whole set, (N, d) (the MPN sees normalize(f) either way).
+            For a query/gallery protocol pass the union of both.
+        k: neighbours considered per row; 0 = no refinement; larger than N − 1 = every other row.
+        max_edges: edges per MPN call (the neighbourhoods are processed in chunks of disjoint graphs).
+
+    Returns:
+        Refined L2-normalised embeddings, (N, C) with C the MPN's width.
+    """
+    if embeddings.dim() != 2 or embeddings.size(0) == 0:
+        raise ValueError(f"embeddings must have shape (N, d) with N ≥ 1, got {tuple(embeddings.shape)}")
+    if k < 0:
+        raise ValueError(f"k must be ≥ 0, got {k}")
+    x = l2n(embeddings)
+    n = x.size(0)
+    k = min(k, n - 1)
+    if k == 0:
+        return x
+    neighbours, reciprocal = k_reciprocal_neighbours(x, k)
+    own = torch.arange(n, device=x.device).view(-1, 1)
+    members = torch.cat([own, neighbours], dim=1)  # (N, k + 1): the row first, then its neighbours
+    valid = torch.cat([torch.ones_like(own, dtype=torch.bool), reciprocal], dim=1)
+    width = k + 1
+    per_chunk = max(1, max_edges // (width * width))
+    was_training = mpn.training
+    mpn.eval()
+    try:
+        out = []
+        for start in range(0, n, per_chunk):
+            m, v = members[start:start + per_chunk], valid[start:start + per_chunk]
+            node_of = v.reshape(-1).cumsum(0) - 1  # slot (graph, position) -> node id of the union
+            g, tgt, src = (v.unsqueeze(2) & v.unsqueeze(1)).nonzero(as_tuple=True)
+            edge_index = torch.stack([node_of[g * width + src], node_of[g * width + tgt]])
+            h = mpn.features(x[m[v]], edge_index)
+            out.append(h[node_of[torch.arange(m.size(0), device=x.device) * width]])
+    finally:
+        mpn.train(was_training)
+    return F.normalize(torch.cat(out), dim=1)
+
+
+__all__ = ["IntraBatch", "k_reciprocal_neighbours", "refine"]
