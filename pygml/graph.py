@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch_geometric.data import Data
+from torch_geometric.data import Data, HeteroData
 
 VISUAL = 0
 LABEL = 1
@@ -133,4 +133,97 @@ def edges_of_type(data: Data, edge_type: int) -> Tensor:
     return data.edge_index[:, data.edge_type == edge_type]
 
 
-__all__ = ["LABEL", "VISUAL", "batch_graph", "edges_of_type", "similarity"]
+__all__ = ["LABEL", "VISUAL", "batch_graph", "edges_of_type", "proxy_graph", "select_proxies", "similarity"]
+
+
+def select_proxies(sim: Tensor, labels: Tensor, proxy_labels: Tensor, k: int, *, keep_own: bool = True) -> Tensor:
+    r"""The proxies each sample keeps in the ProxyGML subgraph (Zhu et al., NeurIPS 2020, Sec. 3.2).
+
+    With ``keep_own`` (the paper's :math:`S_{pos}` term) a sample keeps its own class's proxies (the
+    k most similar of them if it has more), then the most similar proxies of the other classes, k in
+    all: the first k by the key (is own class, similarity). Own proxies are taken explicitly and the
+    others ranked with the own ones masked out, so no constant is added to the similarities. Without
+    ``keep_own`` it is the plain top-k of the similarities.
+
+    Args:
+        sim: sample-to-proxy similarities, shape (B, P). Only compared, never differentiated.
+        labels: class of each sample, shape (B,).
+        proxy_labels: class of each proxy, shape (P,).
+        k: proxies kept per sample; ``k ≥ P`` keeps every proxy.
+        keep_own: always keep the sample's own-class proxies (at most k of them).
+
+    Returns:
+        Long tensor (B, k') with k' = min(k, P): row i holds the indices of the proxies sample i keeps,
+        own-class proxies first, then the others by decreasing similarity.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if sim.dim() != 2:
+        raise ValueError(f"sim must be 2-D (samples, proxies), got shape {tuple(sim.shape)}")
+    num_rows, num_proxies = sim.shape
+    labels = _check_labels(labels, num_rows, "labels").to(sim.device)
+    proxy_labels = _check_labels(proxy_labels, num_proxies, "proxy_labels").to(sim.device)
+    k = min(k, num_proxies)
+    with torch.no_grad():
+        if not keep_own:
+            return sim.topk(k, dim=1).indices
+        own = labels.view(-1, 1) == proxy_labels.view(1, -1)
+        num_own = own.sum(dim=1, keepdim=True)
+        fewest, most = (int(v) for v in torch.aminmax(num_own))
+        if fewest == most <= k:  # every row keeps all of its `most` own proxies: no ranking among them
+            mine = own.nonzero()[:, 1].view(num_rows, most)
+            if most == k:
+                return mine
+            others = sim.masked_fill(own, -math.inf).topk(k - most, dim=1).indices
+            return torch.cat([mine, others], dim=1)
+        m = min(k, most)
+        others = sim.masked_fill(own, -math.inf).topk(k, dim=1).indices
+        mine = sim.masked_fill(~own, -math.inf).topk(m, dim=1).indices
+        # Column c of `mine` is a real own proxy when c < num_own, column c of `others` a real other
+        # proxy when c < P - num_own; the first k real candidates of each row are kept.
+        real = torch.cat([torch.arange(m, device=sim.device) < num_own,
+                          torch.arange(k, device=sim.device) < num_proxies - num_own], dim=1)
+        keep = real & (real.cumsum(dim=1) <= k)
+        return torch.cat([mine, others], dim=1)[keep].view(num_rows, k)
+
+
+def proxy_graph(x: Tensor, proxies: Tensor, labels: Tensor, proxy_labels: Tensor, k: int, *,
+                keep_own: bool = True) -> HeteroData:
+    r"""The sparse sample–proxy bipartite subgraph of ProxyGML (Zhu et al., NeurIPS 2020, Sec. 3.2).
+
+    Every sample i is linked to the k proxies it keeps (:func:`select_proxies`: its own class's
+    proxies always among them when ``keep_own``), each edge weighted by the cosine similarity
+    :math:`S_{ij} = \langle x_i, p_j\rangle / (\lVert x_i\rVert \lVert p_j\rVert)`. Edges point from proxy to
+    sample, the direction of the reverse label propagation :math:`Z = W Y_p` (a sample gathers the
+    labels of its proxies).
+
+    Args:
+        x: sample embeddings, shape (B, d).
+        proxies: proxy vectors, shape (P, d).
+        labels: class of each sample, shape (B,).
+        proxy_labels: class of each proxy, shape (P,).
+        k: proxies kept per sample (``k ≥ P`` keeps every proxy).
+        keep_own: always keep the sample's own-class proxies.
+
+    Returns:
+        :class:`~torch_geometric.data.HeteroData` with node types ``sample`` (``x``, ``y``) and ``proxy``
+        (``x``, ``y``) and the edge type ``('proxy', 'to', 'sample')``: ``edge_index`` (2, B·k') with
+        row 0 the proxy (source) and row 1 the sample (target), grouped by sample, and ``edge_attr``
+        (B·k',) the similarity, differentiable with respect to ``x`` and ``proxies``.
+    """
+    _check_embeddings(x, "x")
+    _check_embeddings(proxies, "proxies")
+    if proxies.size(1) != x.size(1):
+        raise ValueError(f"x has {x.size(1)} channels but proxies have {proxies.size(1)}: they must match")
+    labels = _check_labels(labels, x.size(0), "labels").to(x.device)
+    proxy_labels = _check_labels(proxy_labels, proxies.size(0), "proxy_labels").to(x.device)
+    sim = F.normalize(x, dim=1) @ F.normalize(proxies, dim=1).t()
+    idx = select_proxies(sim.detach(), labels, proxy_labels, k, keep_own=keep_own)
+    rows = torch.arange(x.size(0), device=x.device).repeat_interleave(idx.size(1))
+    data = HeteroData()
+    data["sample"].x, data["sample"].y = x, labels
+    data["proxy"].x, data["proxy"].y = proxies, proxy_labels
+    edge = data["proxy", "to", "sample"]
+    edge.edge_index = torch.stack([idx.reshape(-1), rows])
+    edge.edge_attr = sim.gather(1, idx).reshape(-1)
+    return data
