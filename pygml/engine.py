@@ -42,6 +42,7 @@ from pygml.checkpoint import (
 from pygml.config import Config, OptimConfig, config_to_dict, config_to_yaml
 from pygml.data import build_datasets, build_transforms
 from pygml.data.sampler import PKSampler
+from pygml.graph import knn_homophily
 from pygml.evaluation import RetrievalEvaluator, metrics_table
 from pygml.methods import Method, build_method
 
@@ -122,11 +123,23 @@ def embed_dataset(method: Method, dataset: Dataset, *, batch_size: int = 256, de
     return torch.cat(embs), torch.cat(labels)
 
 
+def batch_homophily(embeddings: Tensor, labels: Tensor, classes_per_batch: int, samples_per_class: int,
+                    batches: int = 20, seed: int = 0) -> float:
+    """Mean label homophily of the visual kNN graph over P×K batches drawn from a set of embeddings:
+    how often a sample's ``K − 1`` nearest batch neighbours share its class (1 = every neighbour does)."""
+    sampler = PKSampler(labels.numpy(), min(classes_per_batch, int(labels.unique().numel())), samples_per_class,
+                        seed=seed)
+    k = max(samples_per_class - 1, 1)
+    values = [knn_homophily(embeddings[idx], labels[idx], k) for idx, _ in zip(sampler, range(batches))]
+    return float(np.mean(values))
+
+
 def evaluate_splits(method: Method, splits, evaluator: RetrievalEvaluator, *, batch_size: int, device: torch.device,
-                    num_workers: int = 0, progress: bool = True, which: tuple[str, ...] = ("val", "test")
-                    ) -> dict[str, dict[str, float]]:
+                    num_workers: int = 0, progress: bool = True, which: tuple[str, ...] = ("val", "test"),
+                    homophily: Optional[tuple[int, int]] = None) -> dict[str, dict[str, float]]:
     """Metrics of the validation split (leave-one-out) and of the test split (leave-one-out, or
-    query vs gallery when the dataset has a gallery)."""
+    query vs gallery when the dataset has a gallery). With ``homophily=(P, K)`` the test metrics also hold
+    ``knn_homophily`` (:func:`batch_homophily` of the test queries)."""
     out: dict[str, dict[str, float]] = {}
     kw = dict(batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)
     if "val" in which and splits.val is not None:
@@ -139,6 +152,8 @@ def evaluate_splits(method: Method, splits, evaluator: RetrievalEvaluator, *, ba
         else:
             g, gy = embed_dataset(method, splits.gallery, desc="embed gallery", **kw)
             out["test"] = evaluator(q, qy, g, gy)
+        if homophily is not None:
+            out["test"]["knn_homophily"] = batch_homophily(q, qy, *homophily)
     return out
 
 
@@ -324,7 +339,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         if main and (last or (epoch + 1) % cfg.train.eval_every == 0):
             which = ("val", "test") if (last or cfg.train.eval_test_every_epoch) else ("val",)
             metrics = evaluate_splits(method, splits, evaluator, batch_size=cfg.eval.batch_size, device=device,
-                                      num_workers=cfg.data.num_workers, progress=progress, which=which)
+                                      num_workers=cfg.data.num_workers, progress=progress, which=which,
+                                      homophily=(cfg.train.classes_per_batch, cfg.train.samples_per_class))
             row.update(_flatten(metrics))
             if progress and "test" in metrics:
                 tqdm.write(f"epoch {epoch + 1}: loss {row.get('loss', float('nan')):.4f}  "

@@ -40,7 +40,8 @@ def evaluate_checkpoint(path: str | Path, overrides: Sequence[str] = (), *, devi
         feats, labels = embed_dataset(method, splits.query, fn=method.features, **kw)
         metrics = {"test": evaluator(method.refine(feats, refine), labels)}
     else:
-        metrics = evaluate_splits(method, splits, evaluator, **kw)
+        metrics = evaluate_splits(method, splits, evaluator,
+                                  homophily=(cfg.train.classes_per_batch, cfg.train.samples_per_class), **kw)
     if plots:
         from pygml.plots import evaluation_plots
 

@@ -126,6 +126,15 @@ def batch_graph(
     return data
 
 
+def knn_homophily(x: Tensor, y: Tensor, k: int, metric: str = "cosine") -> float:
+    """Label homophily of the visual kNN edges: the fraction of edges j → i (i's k nearest rows, itself
+    excluded) with y_j = y_i, as :func:`torch_geometric.utils.homophily` counts it (``method="edge"``)."""
+    from torch_geometric.utils import homophily
+
+    graph = batch_graph(x, y, k=k, label_edges=False, self_loops=False, metric=metric)
+    return float(homophily(graph.edge_index, graph.y, method="edge"))
+
+
 def edges_of_type(data: Data, edge_type: int) -> Tensor:
     """The ``edge_index`` of one relation of a :func:`batch_graph` (``VISUAL`` or ``LABEL``)."""
     if getattr(data, "edge_type", None) is None:
@@ -133,7 +142,7 @@ def edges_of_type(data: Data, edge_type: int) -> Tensor:
     return data.edge_index[:, data.edge_type == edge_type]
 
 
-__all__ = ["LABEL", "VISUAL", "batch_graph", "edges_of_type", "proxy_graph", "select_proxies", "similarity"]
+__all__ = ["LABEL", "VISUAL", "batch_graph", "edges_of_type", "knn_homophily", "proxy_graph", "select_proxies", "similarity"]
 
 
 def select_proxies(sim: Tensor, labels: Tensor, proxy_labels: Tensor, k: int, *, keep_own: bool = True) -> Tensor:

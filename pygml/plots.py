@@ -51,17 +51,22 @@ def recall_curves(results: Mapping[str, Mapping[str, float]], path: str | Path, 
 
 
 def training_curves(logs: Mapping[str, str | Path | pd.DataFrame], path: str | Path) -> Path:
-    """Loss and test Recall@1 per epoch, one line per run. ``logs``: name → ``log.csv`` (or its frame)."""
-    fig, (ax_loss, ax_r1) = plt.subplots(1, 2, figsize=(10, 4))
+    """Loss, test Recall@1 and the kNN label homophily of test batches per epoch, one line per run.
+    ``logs``: name → ``log.csv`` (or its frame)."""
+    fig, (ax_loss, ax_r1, ax_h) = plt.subplots(1, 3, figsize=(15, 4))
     for name, log in logs.items():
         df = log if isinstance(log, pd.DataFrame) else pd.read_csv(log)
         ax_loss.plot(df["epoch"], df["loss"], marker=".", label=name)
         if "test_recall@1" in df:
             ok = df["test_recall@1"].notna()
             ax_r1.plot(df.loc[ok, "epoch"], 100 * df.loc[ok, "test_recall@1"], marker=".", label=name)
+        if "test_knn_homophily" in df:
+            ok = df["test_knn_homophily"].notna()
+            ax_h.plot(df.loc[ok, "epoch"], df.loc[ok, "test_knn_homophily"], marker=".", label=name)
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
     ax_r1.set(xlabel="epoch", ylabel="Recall@1 (%)", title="test Recall@1 (curves only, no selection)")
-    for ax in (ax_loss, ax_r1):
+    ax_h.set(xlabel="epoch", ylabel="edge homophily", title="kNN edges within a class (P×K test batches)")
+    for ax in (ax_loss, ax_r1, ax_h):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)

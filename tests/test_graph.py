@@ -107,3 +107,12 @@ def test_bad_input(kwargs, match):
     y = kwargs.pop("y", torch.zeros(x.shape[0] if x.dim() else 1, dtype=torch.long) if x.dim() == 2 else None)
     with pytest.raises(ValueError, match=match):
         batch_graph(x, y, **kwargs)
+
+
+def test_knn_homophily_counts_same_class_edges():
+    from pygml.graph import knn_homophily
+
+    x = torch.tensor([[0.0, 1.0], [0.1, 1.0], [1.0, 0.0], [1.0, 0.1], [1.0, 0.5]])
+    y = torch.tensor([0, 0, 1, 1, 0])
+    # k=1: 0<-1, 1<-0, 2<-3, 3<-2, 4<-3: only node 4 (class 0) has a class-1 nearest neighbour
+    assert knn_homophily(x, y, 1) == pytest.approx(4 / 5)

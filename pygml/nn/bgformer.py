@@ -37,7 +37,7 @@ from torch_geometric.utils import (
 )
 from torch_geometric.utils.sparse import set_sparse_value
 
-from pygml.graph import LABEL, VISUAL
+from pygml.graph import LABEL, VISUAL, edges_of_type
 
 #: the largest ``heads · N²`` for which ``kernel="auto"`` takes the dense kernel (see :class:`SSAConv`).
 #: Measured on 2 CPU cores at K = 30, 384 channels, 6 heads (forward + backward), the dense kernel was
@@ -427,11 +427,9 @@ class BGFormerBlock(nn.Module):
     @staticmethod
     def split_relations(data: Data) -> tuple[Tensor, Tensor, Tensor]:
         """``(x, visual edges, label edges)`` of a :func:`pygml.graph.batch_graph` ``Data``."""
-        edge_type = getattr(data, "edge_type", None)
-        if edge_type is None or data.x is None:
-            raise ValueError("the graph needs x and edge_type (VISUAL=0, LABEL=1); build it with "
-                             "pygml.graph.batch_graph")
-        return data.x, data.edge_index[:, edge_type == VISUAL], data.edge_index[:, edge_type == LABEL]
+        if data.x is None:
+            raise ValueError("the graph needs node features x; build it with pygml.graph.batch_graph")
+        return data.x, edges_of_type(data, VISUAL), edges_of_type(data, LABEL)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.channels}, ssa_v={self.ssa_v!r}, ssa_s={self.ssa_s!r}, "
