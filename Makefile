@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CONFIG ?= configs/baseline/glyphs.yaml
 OUT ?= runs/demo
+# the results budget on a 2-core machine: 4 epochs of 40 P×K batches per run, 48 runs, about 30 minutes
+RESULTS_BUDGET ?= train.epochs=4 train.max_steps_per_epoch=40 train.eval_every=2
 
 .PHONY: demo test install install-dev sparse system-deps bench results clean
 
@@ -35,7 +37,7 @@ bench: install
 	$(PY) -m bench
 
 results: install
-	$(PY) -m pygml.results
+	$(PY) -m pygml.results --jobs 2 $(RESULTS_BUDGET)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -200,7 +200,8 @@ def _flatten(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def _describe_nonfinite(logs: dict[str, Tensor]) -> str:
-    bad = [f"{k}={float(v):g}" for k, v in logs.items() if not math.isfinite(float(v))]
+    values = {k: float(v.detach()) for k, v in logs.items()}
+    bad = [f"{k}={v:g}" for k, v in values.items() if not math.isfinite(v)]
     return ", ".join(bad) if bad else "loss"
 
 
