@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import pandas as pd
 
 
@@ -183,13 +182,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", default="runs/results", help="where the runs are written")
     parser.add_argument("--report", default="docs/results.md")
     parser.add_argument("--notes", help="a markdown file of findings to include in the report")
+    parser.add_argument("--from-csv", help="re-render the report from a finished all_runs.csv (no training)")
     parser.add_argument("extra", nargs="*", metavar="key.sub=value", help="overrides applied to every run")
     args = parser.parse_args(argv)
     runs = [r for r in RUNS if not args.runs or r.name in args.runs]
     if not runs:
         parser.error(f"no run matches {args.runs}; runs: {[r.name for r in RUNS]}")
-    frame = run_all(runs, args.datasets, args.seeds, args.out, jobs=args.jobs, extra=args.extra)
-    frame.to_csv(Path(args.out) / "all_runs.csv", index=False)
+    if args.from_csv:
+        frame = pd.read_csv(args.from_csv)
+        runs = [r for r in runs if r.name in set(frame.run)]
+    else:
+        frame = run_all(runs, args.datasets, args.seeds, args.out, jobs=args.jobs, extra=args.extra)
+        frame.to_csv(Path(args.out) / "all_runs.csv", index=False)
     notes = Path(args.notes).read_text() if args.notes else ""
     report = write_report(frame, args.report, runs=runs, extra=args.extra, commit=_commit(), notes=notes)
     print(markdown_table(summary(frame)))
