@@ -24,20 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Data
-from torch_geometric.index import index2ptr
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.typing import SparseTensor
 from torch_geometric.utils import (
-    is_torch_sparse_tensor,
     remove_self_loops,
     scatter,
     softmax,
-    to_edge_index,
 )
-from torch_geometric.utils.sparse import set_sparse_value
 
 from pygml.graph import LABEL, VISUAL, edges_of_type
+from pygml.nn.adjacency import read_adjacency, with_weights
 
 #: the largest ``heads · N²`` for which ``kernel="auto"`` takes the dense kernel (see :class:`SSAConv`).
 #: Measured on 2 CPU cores at K = 30, 384 channels, 6 heads (forward + backward), the dense kernel was
@@ -46,59 +43,6 @@ from pygml.graph import LABEL, VISUAL, edges_of_type
 DENSE_MAX_ENTRIES = 2**25
 
 KERNELS = ("auto", "dense", "sparse")
-
-
-def _as_edge_index(adj: Any, num_nodes: int, name: str = "edge_index") -> tuple[Tensor, Optional[Tensor], Any]:
-    """Read a graph given as ``edge_index``, ``torch.sparse`` ``adj_t`` or ``SparseTensor`` ``adj_t``.
-
-    Returns ``(edge_index (2, E), ptr or None, adj)``: ``ptr`` (N + 1,) is given when the edges are
-    sorted by target; ``adj`` is the input itself, coalesced if it was a COO tensor, for writing the
-    attention weights back in the input's format.
-    """
-    if isinstance(adj, SparseTensor):
-        if adj.sparse_size(0) != num_nodes or adj.sparse_size(1) != num_nodes:
-            raise ValueError(f"{name} is a SparseTensor of size {tuple(adj.sizes())}; "
-                             f"expected ({num_nodes}, {num_nodes}) for {num_nodes} nodes")
-        row, col, _ = adj.coo()
-        return torch.stack([col, row]), adj.storage.rowptr(), adj
-    if is_torch_sparse_tensor(adj):
-        if tuple(adj.shape[:2]) != (num_nodes, num_nodes):
-            raise ValueError(f"{name} is a sparse adjacency of shape {tuple(adj.shape)}; "
-                             f"expected ({num_nodes}, {num_nodes}) for {num_nodes} nodes")
-        if adj.layout == torch.sparse_coo:
-            adj = adj.coalesce()
-        indices, _ = to_edge_index(adj)
-        if adj.layout == torch.sparse_csr:
-            ptr = adj.crow_indices().long()
-        elif adj.layout == torch.sparse_coo:  # coalesced: sorted by row, the target
-            ptr = index2ptr(indices[0], num_nodes)
-        else:
-            ptr = None
-        return indices.flip(0), ptr, adj
-    if not isinstance(adj, Tensor):
-        raise TypeError(f"{name} must be a (2, E) edge_index, a torch.sparse adjacency or a SparseTensor, "
-                        f"got {type(adj).__name__}")
-    if adj.dim() != 2 or adj.size(0) != 2:
-        raise ValueError(f"{name} must have shape (2, E) (PyG convention: row 0 sources, row 1 targets), "
-                         f"got {tuple(adj.shape)}")
-    if adj.is_floating_point() or adj.dtype == torch.bool:
-        raise ValueError(f"{name} must hold integer node indices, got {adj.dtype}")
-    adj = adj.long()
-    if adj.numel() and (int(adj.min()) < 0 or int(adj.max()) >= num_nodes):
-        raise ValueError(f"{name} has node indices in [{int(adj.min())}, {int(adj.max())}]; "
-                         f"they must lie in [0, {num_nodes}) for {num_nodes} nodes")
-    dst = adj[1]
-    ptr = index2ptr(dst, num_nodes) if bool((dst[1:] >= dst[:-1]).all()) else None
-    return adj, ptr, adj
-
-
-def _with_weights(adj: Any, edge_index: Tensor, alpha: Tensor) -> Any:
-    """The graph in the input's format, carrying ``alpha`` (E, H) on its edges."""
-    if isinstance(adj, SparseTensor):
-        return adj.set_value(alpha, layout="coo")
-    if is_torch_sparse_tensor(adj):
-        return set_sparse_value(adj, alpha)
-    return edge_index, alpha
 
 
 def _check_x(x: Tensor, channels: int) -> None:
@@ -216,7 +160,7 @@ class SSAConv(MessagePassing):
         """Attend over the in-edges; return the new features (and the attention weights if asked)."""
         _check_x(x, self.channels)
         n, H = x.size(0), self.heads
-        edges, ptr, adj = _as_edge_index(edge_index, n)
+        edges, ptr, adj = read_adjacency(edge_index, n)
         if self.parameter_free:
             q = k = v = x.view(n, 1, self.channels)
         else:
@@ -231,7 +175,7 @@ class SSAConv(MessagePassing):
         if self.lin_out is not None:
             out = self.lin_out(out)
         if need:
-            return out, _with_weights(adj, edges, alpha)
+            return out, with_weights(adj, edges, alpha)
         return out
 
     def _scores(self, query_i: Tensor, key_j: Tensor) -> Tensor:
@@ -328,7 +272,7 @@ class SemanticPropagation(MessagePassing):
     def normalized_edges(self, edge_index: Union[Tensor, SparseTensor], num_nodes: int,
                          dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
         """The edges of :math:`\\hat A` (self loops included) and their weights (E',)."""
-        edges, _, _ = _as_edge_index(edge_index, num_nodes)
+        edges, _, _ = read_adjacency(edge_index, num_nodes)
         edges, _ = remove_self_loops(edges)
         # explicit unit weights: with edge_weight=None, gcn_norm gives the self loops weight 1 even when
         # improved=True

@@ -21,12 +21,12 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.index import index2ptr
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import SparseTensor
-from torch_geometric.utils import is_torch_sparse_tensor, scatter, segment, softmax, to_edge_index
+from torch_geometric.utils import scatter, segment, softmax
 from torch_geometric.utils.num_nodes import maybe_num_nodes
-from torch_geometric.utils.sparse import set_sparse_value
+
+from pygml.nn.adjacency import read_adjacency, with_weights
 
 Adjacency = Union[Tensor, SparseTensor]
 
@@ -152,7 +152,7 @@ class IntraBatchAttention(MessagePassing):
         if x.dim() != 2 or x.size(1) != self.channels:
             raise ValueError(f"x must have shape (N, {self.channels}), got {tuple(x.shape)}")
         n = x.size(0)
-        edges, adj = _edge_index_of(edge_index, n)
+        edges, ptr, adj = read_adjacency(edge_index, n)
         h, d = self.heads, self.head_dim
         query = self.lin_query(x).view(n, h, d)
         key = self.lin_key(x).view(n, h, d)
@@ -161,16 +161,12 @@ class IntraBatchAttention(MessagePassing):
             out, alpha = self._dense_attention(query, key, value, edges, bool(return_attention_weights))
         else:
             out = self.propagate(edges, query=query, key=key, value=value,
-                                 target_ptr=_target_ptr(edges[1], n), size=(n, n))
+                                 target_ptr=ptr, size=(n, n))
             alpha, self._alpha = self._alpha, None
         out = self.lin_out(out.reshape(n, self.channels))
         if not return_attention_weights:
             return out
-        if isinstance(adj, SparseTensor):
-            return out, adj.set_value(alpha, layout="coo")
-        if adj is not None:
-            return out, set_sparse_value(adj, alpha)
-        return out, (edge_index, alpha)
+        return out, with_weights(adj, edges, alpha)
 
     def _dense(self, num_edges: int, num_nodes: int) -> bool:
         if self.kernel != "auto":
@@ -210,38 +206,6 @@ class IntraBatchAttention(MessagePassing):
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.channels}, heads={self.heads}, dropout={self.dropout}, "
                 f"zero_logit={self.zero_logit}, kernel={self.kernel!r})")
-
-
-def _edge_index_of(edge_index: Adjacency, n: int) -> tuple[Tensor, Optional[Adjacency]]:
-    """The (2, E) source → target edge index of any accepted graph input, and the (coalesced) sparse
-    adjacency when the input was one."""
-    if isinstance(edge_index, SparseTensor):
-        if tuple(edge_index.sizes()) != (n, n):
-            raise ValueError(f"the adjacency must have shape ({n}, {n}) to match x, got {tuple(edge_index.sizes())}")
-        row, col, _ = edge_index.coo()
-        return torch.stack([col, row]), edge_index
-    if is_torch_sparse_tensor(edge_index):
-        if tuple(edge_index.shape[:2]) != (n, n):
-            raise ValueError(f"the adjacency must have shape ({n}, {n}) to match x, got {tuple(edge_index.shape)}")
-        if edge_index.layout == torch.sparse_coo:
-            edge_index = edge_index.coalesce()
-        index, _ = to_edge_index(edge_index)
-        return index.flip(0), edge_index
-    if not isinstance(edge_index, Tensor):
-        raise ValueError(f"edge_index must be a (2, E) tensor or a sparse adjacency, got {type(edge_index).__name__}")
-    if edge_index.dim() != 2 or edge_index.size(0) != 2 or edge_index.is_floating_point():
-        raise ValueError(f"edge_index must be an integer tensor of shape (2, E), got {edge_index.dtype} "
-                         f"{tuple(edge_index.shape)}")
-    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= n):
-        raise ValueError(f"edge_index holds node ids outside [0, {n}) for x with {n} rows")
-    return edge_index.long(), None
-
-
-def _target_ptr(target: Tensor, n: int) -> Optional[Tensor]:
-    """CSR pointers over the targets when the edges are sorted by target (the fast softmax), else None."""
-    if target.numel() > 1 and bool((target[1:] < target[:-1]).any()):
-        return None
-    return index2ptr(target, n)
 
 
 class IntraBatchLayer(nn.Module):
