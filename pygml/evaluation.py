@@ -60,7 +60,6 @@ All arithmetic is float32 (inputs of any float dtype are converted), averages fl
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -338,8 +337,10 @@ def _rank_queries(
     ``torch_kernels`` selects and counts with torch (any device) instead of faiss and numpy (CPU).
     """
     ranking = _Ranking(q, r, q_codes, r_codes, n_classes, leave_one_out, ks, metric, chunk_size, torch_kernels)
-    # the symmetric schedule keeps every query's list at once: 12 bytes (float32 value, int64 column) an entry
-    if leave_one_out and q.shape[0] * ranking.fetch * 12 <= CHUNK_BYTES:
+    # the symmetric schedule keeps every query's list at once (12 bytes an entry: float32 value, int64
+    # column) and recomputes the rows whose first relevant neighbour is deeper: worth it below one half
+    if (leave_one_out and q.shape[0] * ranking.fetch * 12 <= CHUNK_BYTES
+            and ranking.deep_fraction() < 0.5):
         ranking.run_symmetric()
     else:
         ranking.run_by_rows()
@@ -352,8 +353,9 @@ class _Ranking:
     Two schedules. :meth:`run_by_rows` takes ``rows`` queries at a time against the whole gallery and
     finishes them from that block. :meth:`run_symmetric` (leave-one-out) computes each block of the
     symmetric similarity matrix once, on and above the diagonal, feeds it to the rows' running top
-    lists and, transposed, to the columns' ones: half the products; the few rows whose first
-    relevant neighbour lies below their list are recomputed to count its rank.
+    lists and, transposed, to the columns' ones: half the products; the rows whose first relevant
+    neighbour lies below their list are recomputed to count its rank, so it is chosen only when a
+    sample of queries shows that they are fewer than half (:meth:`deep_fraction`).
     """
 
     def __init__(self, q: torch.Tensor, r: torch.Tensor, q_codes: np.ndarray, r_codes: np.ndarray,
@@ -402,6 +404,18 @@ class _Ranking:
         for start in range(0, index.size, self.rows):
             part = index[start: start + self.rows]
             yield part, self.similarities(torch.from_numpy(part).to(self.q.device))
+
+    def deep_fraction(self, sample: int = 256) -> float:
+        """Fraction of ``sample`` evenly spaced queries whose first relevant neighbour lies below the
+        top list (queries without one left out)."""
+        n_q = self.q.shape[0]
+        index = np.unique(np.linspace(0, n_q - 1, min(n_q, sample)).astype(np.int64))
+        index = index[self.relevant[index] > 0]
+        if not index.size:
+            return 0.0
+        deep = sum(int(np.count_nonzero(self.rank_beyond(sim, self.q_codes[part]) >= self.depth))
+                   for part, sim in self.recomputed(index))
+        return deep / index.size
 
     def run_by_rows(self) -> None:
         n_q = self.q.shape[0]
@@ -561,10 +575,9 @@ def _retrieval_metrics(
     rank: np.ndarray, ap: np.ndarray, rp: np.ndarray, relevant: np.ndarray, ks: tuple[int, ...],
 ) -> dict[str, float]:
     answerable = relevant > 0
-    names = [f"recall@{k}" for k in ks] + list(_RETRIEVAL_KEYS)
     if not answerable.any():
-        warnings.warn("no query has a gallery row of its class: retrieval metrics are NaN", stacklevel=3)
-        return {name: float("nan") for name in names}
+        raise ValueError("no query has a reference row of its class (query_labels and reference_labels share "
+                         "no class with two members): Recall@K, MAP@R and R-precision are undefined")
     rank = rank[answerable]
     out = {f"recall@{k}": float(np.mean(rank < k)) for k in ks}
     out["precision_at_1"] = float(np.mean(rank == 0))

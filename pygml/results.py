@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,21 +75,35 @@ class Job:
 def _execute(job: Job, threads: int) -> dict:
     """Train one run in a fresh process (so runs never share RNG or thread state); return its metrics."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    started = time.perf_counter()
     proc = subprocess.run([sys.executable, "train.py", "--config", job.run.config, *job.overrides],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"run failed: {job.command}\n{proc.stderr[-3000:]}")
+    return _row(job)
+
+
+def _row(job: Job) -> dict:
     result = json.loads((Path(job.out_dir) / "metrics.json").read_text())
     return {"run": job.run.name, "dataset": job.dataset, "seed": job.seed, "out_dir": job.out_dir,
-            "wall_s": time.perf_counter() - started, "train_time_s": result["train_time_s"], **result["test"]}
+            "train_time_s": result["train_time_s"], **result["test"]}
+
+
+def _jobs(runs: Sequence[Run], datasets: Sequence[str], seeds: Sequence[int], out_root: str | Path,
+          extra: Sequence[str] = ()) -> list[Job]:
+    return [Job(r, d, s, str(Path(out_root) / d / _slug(r.name) / f"seed{s}"), tuple(extra))
+            for d in datasets for r in runs for s in seeds]
+
+
+def collect(runs: Sequence[Run], datasets: Sequence[str], seeds: Sequence[int], out_root: str | Path) -> pd.DataFrame:
+    """The rows of the runs already finished under ``out_root`` (those with a ``metrics.json``)."""
+    done = [j for j in _jobs(runs, datasets, seeds, out_root) if (Path(j.out_dir) / "metrics.json").exists()]
+    return pd.DataFrame([_row(j) for j in done])
 
 
 def run_all(runs: Sequence[Run], datasets: Sequence[str], seeds: Sequence[int], out_root: str | Path, *,
             jobs: int = 1, extra: Sequence[str] = ()) -> pd.DataFrame:
     """Train every (run, dataset, seed); one row of test metrics per run."""
-    todo = [Job(r, d, s, str(Path(out_root) / d / _slug(r.name) / f"seed{s}"), tuple(extra))
-            for d in datasets for r in runs for s in seeds]
+    todo = _jobs(runs, datasets, seeds, out_root, extra)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     rows = []
     with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -182,14 +195,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", default="runs/results", help="where the runs are written")
     parser.add_argument("--report", default="docs/results.md")
     parser.add_argument("--notes", help="a markdown file of findings to include in the report")
-    parser.add_argument("--from-csv", help="re-render the report from a finished all_runs.csv (no training)")
+    parser.add_argument("--collect", action="store_true",
+                        help="no training: report the runs already finished under --out")
     parser.add_argument("extra", nargs="*", metavar="key.sub=value", help="overrides applied to every run")
     args = parser.parse_args(argv)
     runs = [r for r in RUNS if not args.runs or r.name in args.runs]
     if not runs:
         parser.error(f"no run matches {args.runs}; runs: {[r.name for r in RUNS]}")
-    if args.from_csv:
-        frame = pd.read_csv(args.from_csv)
+    if args.collect:
+        frame = collect(runs, args.datasets, args.seeds, args.out)
+        if frame.empty:
+            parser.error(f"no finished run under {args.out}")
         runs = [r for r in runs if r.name in set(frame.run)]
     else:
         frame = run_all(runs, args.datasets, args.seeds, args.out, jobs=args.jobs, extra=args.extra)

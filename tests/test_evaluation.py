@@ -210,6 +210,7 @@ def test_schedules_and_kernels_agree(metric):
                 ranking.run_by_rows()
             results.append((ranking.rank, ranking.ap, ranking.rp))
     assert (results[0][0] >= 32).any()
+    assert ranking.deep_fraction() == pytest.approx(np.mean(results[0][0][ranking.relevant > 0] >= 32), abs=0.1)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
@@ -254,12 +255,13 @@ def test_evaluate_clusters_unit_rows_with_its_seed():
     assert evaluate(x, y, recall_at=(1,), nmi=False).keys() == {"recall@1", *PML_KEYS}
 
 
-def test_no_answerable_query_gives_nan_with_warning():
+def test_no_answerable_query_is_an_error_not_nan():
     rng = np.random.default_rng(9)
     q, g = rng.standard_normal((5, 3)), rng.standard_normal((6, 3))
-    with pytest.warns(UserWarning, match="no query has a gallery row"):
-        out = evaluate(q, np.arange(5), g, np.arange(10, 16), recall_at=(1, 2), nmi=False)
-    assert all(math.isnan(v) for v in out.values())
+    with pytest.raises(ValueError, match="no query has a reference row of its class"):
+        evaluate(q, np.arange(5), g, np.arange(10, 16), recall_at=(1, 2), nmi=False)
+    with pytest.raises(ValueError, match="no query has a reference row of its class"):
+        evaluate(q, np.arange(5), recall_at=(1,), nmi=False)
 
 
 @pytest.mark.parametrize("call, match", [

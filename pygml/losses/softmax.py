@@ -19,6 +19,10 @@ def check_embeddings_labels(embeddings: Tensor, labels: Tensor, num_classes: int
         raise ValueError(f"labels must be integers, got {labels.dtype}")
     if embeddings.size(0) == 0:
         raise ValueError("embeddings is empty")
+    if not embeddings.is_floating_point():
+        raise ValueError(f"embeddings must be floating point, got {embeddings.dtype}")
+    if not bool(torch.isfinite(embeddings.detach()).all()):
+        raise ValueError("embeddings contain NaN or inf")
     if num_classes is not None and labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
 
