@@ -68,7 +68,8 @@ def training_curves(logs: Mapping[str, str | Path | pd.DataFrame], path: str | P
     ax_h.set(xlabel="epoch", ylabel="edge homophily", title="kNN edges within a class (P×K test batches)")
     for ax in (ax_loss, ax_r1, ax_h):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     return _save(fig, path)
 
 
