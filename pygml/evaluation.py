@@ -115,7 +115,7 @@ def evaluate(
     Returns:
         ``{"recall@K": ..., "precision_at_1": ..., "r_precision": ...,
         "mean_average_precision_at_r": ..., "NMI": ..., "AMI": ...}``, fractions in [0, 1]
-        (retrieval metrics are NaN, with a warning, when no query has a relevant gallery row).
+        (a ValueError when no query has a relevant gallery row: the retrieval metrics are undefined).
     """
     ks = _check_settings(recall_at, metric, chunk_size)
     dev = _resolve_device(device)
