@@ -125,3 +125,24 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "not a pygml checkpoint" in capsys.readouterr().err
     assert train_main([*TINY, f"train.out_dir={tmp_path / 'nothing'}", "--resume"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_eval_plots_and_intra_batch_refinement(tmp_path, capsys):
+    out = tmp_path / "ib"
+    assert train_main([*TINY, "method=intra_batch", "intra_batch.heads=2", "train.epochs=1",
+                       f"train.out_dir={out}"]) == 0
+    plots = tmp_path / "plots"
+    assert eval_main(["--checkpoint", str(out / "checkpoint.pt"), "--plots", str(plots)]) == 0
+    for name in ("recall_at_k.png", "retrieval_grid.png", "batch_graph.png"):
+        assert (plots / name).stat().st_size > 1000, name
+    capsys.readouterr()
+    assert eval_main(["--checkpoint", str(out / "checkpoint.pt"), "--refine", "3", "--out", str(tmp_path / "r")]) == 0
+    refined = json.loads((tmp_path / "r" / "eval_metrics.json").read_text())["test"]
+    assert 0.0 <= refined["recall@1"] <= 1.0 and "mean_average_precision_at_r" in refined
+
+
+def test_refine_is_refused_for_other_methods(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tiny(out, "train.epochs=1", "train.max_steps_per_epoch=1"))
+    assert eval_main(["--checkpoint", str(out / "checkpoint.pt"), "--refine", "3"]) == 2
+    assert "intra_batch method only" in capsys.readouterr().err
