@@ -406,3 +406,13 @@ def test_configs_load(path):
 
 def test_all_configs_present():
     assert {p.stem for p in CONFIGS} == {"cub", "cars", "sop", "inshop", "glyphs"}
+
+
+def test_warns_when_the_subgraph_keeps_only_the_own_class():
+    import warnings as _w
+
+    with pytest.warns(UserWarning, match=r"L_cls is 0"):
+        ProxyGMLLoss(5, 8, proxies_per_class=12, r=0.05)
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        ProxyGMLLoss(100, 8, proxies_per_class=12, r=0.05)

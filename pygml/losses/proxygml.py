@@ -7,6 +7,7 @@ Notation: B samples of C classes, N proxies per class, d channels; proxy j has c
 from __future__ import annotations
 
 import math
+import warnings
 from fractions import Fraction
 from typing import Optional
 
@@ -128,6 +129,12 @@ class ProxyGMLLoss(nn.Module):
         self.chunk_size = chunk_size
         num_proxies = num_classes * proxies_per_class
         self.k = min(max(math.ceil(Fraction(str(r)) * num_proxies), 1), num_proxies)
+        if subgraph and use_spos and use_mask and self.k <= proxies_per_class:
+            warnings.warn(
+                f"ProxyGML keeps k = ceil(r·C·N) = {self.k} proxies per sample, no more than the N = "
+                f"{proxies_per_class} proxies of its own class: with S_pos and the mask every sample's softmax "
+                f"holds its own class alone and L_cls is 0. Raise r above 1/C = {1 / num_classes:.3g} "
+                f"(or lower N).", stacklevel=2)
         self.proxies = nn.Parameter(torch.empty(num_proxies, embedding_size))
         self.register_buffer("proxy_labels", torch.arange(num_classes).repeat_interleave(proxies_per_class),
                              persistent=False)
