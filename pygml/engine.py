@@ -114,7 +114,10 @@ def embed_dataset(method: Method, dataset: Dataset, *, batch_size: int = 256, de
     fn = fn or method.embed
     was_training = method.training
     method.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    # a generator of its own: embedding never draws from the global RNG, so when and how often a run
+    # evaluates does not change the randomness of its training
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        generator=torch.Generator())
     embs, labels = [], []
     for images, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
         embs.append(fn(images.to(device, non_blocking=True)).float().cpu())

@@ -146,3 +146,12 @@ def test_refine_is_refused_for_other_methods(tmp_path, capsys):
     train(tiny(out, "train.epochs=1", "train.max_steps_per_epoch=1"))
     assert eval_main(["--checkpoint", str(out / "checkpoint.pt"), "--refine", "3"]) == 2
     assert "intra_batch method only" in capsys.readouterr().err
+
+
+def test_evaluation_schedule_does_not_change_training(tmp_path):
+    every = train(tiny(tmp_path / "every", "train.epochs=2", "train.eval_every=1"))
+    last = train(tiny(tmp_path / "last", "train.epochs=2", "train.eval_every=2"))
+    assert every["test"] == pytest.approx(last["test"])
+    a = load_checkpoint(tmp_path / "every" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "last" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
