@@ -160,6 +160,20 @@ def evaluate_splits(method: Method, splits, evaluator: RetrievalEvaluator, *, ba
     return out
 
 
+def build_evaluator(cfg: Config) -> RetrievalEvaluator:
+    """The shared evaluator with a run's ``eval`` settings."""
+    return RetrievalEvaluator(recall_at=tuple(cfg.eval.recall_at), metric=cfg.eval.metric, nmi=cfg.eval.nmi)
+
+
+def evaluate_run(method: Method, splits, cfg: Config, device: torch.device, *, progress: bool = True,
+                 which: tuple[str, ...] = ("val", "test")) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_splits` with a run's settings: its evaluator, batch size, workers, and the kNN
+    homophily measured on batches of the run's P×K shape."""
+    return evaluate_splits(method, splits, build_evaluator(cfg), batch_size=cfg.eval.batch_size, device=device,
+                           num_workers=cfg.data.num_workers, progress=progress, which=which,
+                           homophily=(cfg.train.classes_per_batch, cfg.train.samples_per_class))
+
+
 def environment() -> dict[str, Any]:
     """Versions, commit and device of a run, saved beside its results."""
     import faiss
@@ -247,7 +261,6 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     use_amp = device.type == "cuda" and cfg.train.amp != "off"
     amp_dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    evaluator = RetrievalEvaluator(recall_at=tuple(cfg.eval.recall_at), metric=cfg.eval.metric, nmi=cfg.eval.nmi)
 
     state = RunState()
     if resume:
@@ -260,8 +273,6 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         scaler.load_state_dict(ckpt["scaler"])
         state = RunState(**ckpt["run"])
         set_rng_state(ckpt["rng"])
-    elif main:
-        out.mkdir(parents=True, exist_ok=True)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config_to_yaml(cfg))
@@ -342,9 +353,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         last = epoch + 1 == cfg.train.epochs
         if main and (last or (epoch + 1) % cfg.train.eval_every == 0):
             which = ("val", "test") if (last or cfg.train.eval_test_every_epoch) else ("val",)
-            metrics = evaluate_splits(method, splits, evaluator, batch_size=cfg.eval.batch_size, device=device,
-                                      num_workers=cfg.data.num_workers, progress=progress, which=which,
-                                      homophily=(cfg.train.classes_per_batch, cfg.train.samples_per_class))
+            metrics = evaluate_run(method, splits, cfg, device, progress=progress, which=which)
             row.update(_flatten(metrics))
             if progress and "test" in metrics:
                 tqdm.write(f"epoch {epoch + 1}: loss {row.get('loss', float('nan')):.4f}  "

@@ -8,8 +8,7 @@ from typing import Any, Optional, Sequence
 from pygml.checkpoint import load_checkpoint, load_model_state
 from pygml.config import Config, apply_overrides, config_from_dict
 from pygml.data import build_datasets, build_transforms
-from pygml.engine import embed_dataset, evaluate_splits, select_device
-from pygml.evaluation import RetrievalEvaluator
+from pygml.engine import build_evaluator, embed_dataset, evaluate_run, select_device
 from pygml.methods import Method, build_method
 
 
@@ -30,18 +29,16 @@ def evaluate_checkpoint(path: str | Path, overrides: Sequence[str] = (), *, devi
     method.to(dev)
     _, test_tf = build_transforms(cfg.data)
     splits = build_datasets(cfg.data, test_tf, test_tf)
-    evaluator = RetrievalEvaluator(recall_at=tuple(cfg.eval.recall_at), metric=cfg.eval.metric, nmi=cfg.eval.nmi)
-    kw = dict(batch_size=cfg.eval.batch_size, device=dev, num_workers=cfg.data.num_workers)
     if refine:
         if not hasattr(method, "refine"):
             raise ValueError(f"--refine is offered by the intra_batch method only, not {cfg.method!r}")
         if splits.gallery is not None:
             raise ValueError("--refine works in leave-one-out mode only (this dataset has a gallery)")
-        feats, labels = embed_dataset(method, splits.query, fn=method.features, **kw)
-        metrics = {"test": evaluator(method.refine(feats, refine), labels)}
+        feats, labels = embed_dataset(method, splits.query, fn=method.features, batch_size=cfg.eval.batch_size,
+                                      device=dev, num_workers=cfg.data.num_workers)
+        metrics = {"test": build_evaluator(cfg)(method.refine(feats, refine), labels)}
     else:
-        metrics = evaluate_splits(method, splits, evaluator,
-                                  homophily=(cfg.train.classes_per_batch, cfg.train.samples_per_class), **kw)
+        metrics = evaluate_run(method, splits, cfg, dev)
     if plots:
         from pygml.plots import evaluation_plots
 

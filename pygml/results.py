@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -62,7 +62,7 @@ class Job:
     dataset: str
     seed: int
     out_dir: str
-    extra: tuple[str, ...] = field(default_factory=tuple)
+    extra: tuple[str, ...] = ()
 
     @property
     def overrides(self) -> list[str]:
