@@ -75,11 +75,17 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     from pygml.evaluate_checkpoint import evaluate_checkpoint
     from pygml.evaluation import metrics_frame, metrics_table
 
+    from pygml import distributed
+
     try:
         result = evaluate_checkpoint(args.checkpoint, args.overrides, device=args.device, refine=args.refine,
                                      plots=args.plots)
     except USER_ERRORS as exc:
         return _fail(exc)
+    finally:
+        distributed.shutdown()
+    if not result["metrics"]:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_metrics.json").write_text(json.dumps(result["metrics"], indent=2))

@@ -112,6 +112,9 @@ class TrainConfig:
     deterministic: bool = False
     #: all-gather embeddings across ranks so a graph spans the global batch (DDP)
     cross_rank_graph: bool = False
+    #: BatchNorm statistics over the global batch under DDP (every trainable BatchNorm becomes a
+    #: SyncBatchNorm); ``false`` = each rank normalises with its own batch's statistics
+    sync_batchnorm: bool = False
     progress: bool = True
 
 
@@ -122,6 +125,11 @@ class EvalConfig:
     metric: str = "cosine"
     nmi: bool = True
     batch_size: int = 256
+    #: ``exact`` (exhaustive ranking), or a faiss index factory string for approximate search of large
+    #: galleries, e.g. ``IVF4096,Flat`` or the compressed ``IVF4096,PQ32`` (pygml.evaluation.build_index)
+    search: str = "exact"
+    #: inverted lists an IVF index visits per query
+    nprobe: int = 32
 
 
 @dataclass

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from pygml import distributed
@@ -39,11 +39,11 @@ from pygml.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pygml.config import Config, OptimConfig, config_to_dict, config_to_yaml
+from pygml.config import Config, ConfigError, OptimConfig, config_to_dict, config_to_yaml
 from pygml.data import build_datasets, build_transforms
 from pygml.data.sampler import PKSampler
 from pygml.graph import knn_homophily
-from pygml.evaluation import RetrievalEvaluator, metrics_table
+from pygml.evaluation import RetrievalEvaluator, empty_index, metrics_table
 from pygml.methods import Method, build_method
 
 
@@ -107,13 +107,24 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch
 @torch.no_grad()
 def embed_dataset(method: Method, dataset: Dataset, *, batch_size: int = 256, device: torch.device | str = "cpu",
                   num_workers: int = 0, progress: bool = True, desc: str = "embed",
-                  fn: Optional[Callable[[Tensor], Tensor]] = None) -> tuple[Tensor, Tensor]:
+                  fn: Optional[Callable[[Tensor], Tensor]] = None,
+                  sharded: bool = False) -> tuple[Optional[Tensor], Optional[Tensor]]:
     """Test embeddings (N, d) and labels (N,) of a whole dataset, in order, on the CPU.
 
-    ``fn`` replaces ``method.embed`` (e.g. to get un-normalised features)."""
+    ``fn`` replaces ``method.embed`` (e.g. to get un-normalised features). With ``sharded=True`` and
+    several processes (torchrun), each rank embeds its contiguous share of the dataset
+    (:func:`pygml.distributed.shard`) and rank 0 receives every row, in dataset order; the other ranks
+    get ``(None, None)``. Every rank must then call it (it is a collective). Without a process group
+    ``sharded`` changes nothing."""
     fn = fn or method.embed
     was_training = method.training
     method.eval()
+    share = distributed.shard(len(dataset)) if sharded else range(len(dataset))
+    if not share:
+        raise ValueError(f"{desc}: a dataset of {len(dataset)} items cannot be shared among "
+                         f"{distributed.world_size()} processes")
+    if len(share) != len(dataset):
+        dataset = Subset(dataset, share)
     # a generator of its own: embedding never draws from the global RNG, so when and how often a run
     # evaluates does not change the randomness of its training
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -121,9 +132,12 @@ def embed_dataset(method: Method, dataset: Dataset, *, batch_size: int = 256, de
     embs, labels = [], []
     for images, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
         embs.append(fn(images.to(device, non_blocking=True)).float().cpu())
-        labels.append(torch.as_tensor(y))
+        labels.append(torch.as_tensor(y, dtype=torch.long))
     method.train(was_training)
-    return torch.cat(embs), torch.cat(labels)
+    emb, label = torch.cat(embs), torch.cat(labels)
+    if sharded:
+        return distributed.gather_rows(emb), distributed.gather_rows(label)
+    return emb, label
 
 
 def batch_homophily(embeddings: Tensor, labels: Tensor, classes_per_batch: int, samples_per_class: int,
@@ -142,27 +156,32 @@ def evaluate_splits(method: Method, splits, evaluator: RetrievalEvaluator, *, ba
                     homophily: Optional[tuple[int, int]] = None) -> dict[str, dict[str, float]]:
     """Metrics of the validation split (leave-one-out) and of the test split (leave-one-out, or
     query vs gallery when the dataset has a gallery). With ``homophily=(P, K)`` the test metrics also hold
-    ``knn_homophily`` (:func:`batch_homophily` of the test queries)."""
+    ``knn_homophily`` (:func:`batch_homophily` of the test queries).
+
+    Under torchrun every rank must call it: each embeds a share of every split, rank 0 evaluates and
+    returns the metrics, the other ranks return ``{}``."""
     out: dict[str, dict[str, float]] = {}
-    kw = dict(batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)
+    kw = dict(batch_size=batch_size, device=device, num_workers=num_workers, progress=progress, sharded=True)
+    evaluates = distributed.is_main()
     if "val" in which and splits.val is not None:
         emb, y = embed_dataset(method, splits.val, desc="embed val", **kw)
-        out["val"] = evaluator(emb, y)
+        if evaluates:
+            out["val"] = evaluator(emb, y)
     if "test" in which:
         q, qy = embed_dataset(method, splits.query, desc="embed test", **kw)
-        if splits.gallery is None:
-            out["test"] = evaluator(q, qy)
-        else:
-            g, gy = embed_dataset(method, splits.gallery, desc="embed gallery", **kw)
-            out["test"] = evaluator(q, qy, g, gy)
-        if homophily is not None:
-            out["test"]["knn_homophily"] = batch_homophily(q, qy, *homophily)
+        g, gy = (None, None) if splits.gallery is None else embed_dataset(
+            method, splits.gallery, desc="embed gallery", **kw)
+        if evaluates:
+            out["test"] = evaluator(q, qy) if splits.gallery is None else evaluator(q, qy, g, gy)
+            if homophily is not None:
+                out["test"]["knn_homophily"] = batch_homophily(q, qy, *homophily)
     return out
 
 
 def build_evaluator(cfg: Config) -> RetrievalEvaluator:
     """The shared evaluator with a run's ``eval`` settings."""
-    return RetrievalEvaluator(recall_at=tuple(cfg.eval.recall_at), metric=cfg.eval.metric, nmi=cfg.eval.nmi)
+    return RetrievalEvaluator(recall_at=tuple(cfg.eval.recall_at), metric=cfg.eval.metric, nmi=cfg.eval.nmi,
+                              search=cfg.eval.search, nprobe=cfg.eval.nprobe)
 
 
 def evaluate_run(method: Method, splits, cfg: Config, device: torch.device, *, progress: bool = True,
@@ -228,11 +247,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     Writes to ``cfg.train.out_dir``: ``config.yaml`` (fully resolved), ``env.json``, ``log.csv`` (one row
     per epoch: losses, learning rates, metrics, time), ``checkpoint.pt`` and ``metrics.json``.
     """
-    device = select_device(cfg.train.device)
-    dist_info = distributed.init(device)
-    if device.type == "cuda" and dist_info.enabled:
-        device = torch.device("cuda", dist_info.local_rank)
-        torch.cuda.set_device(device)
+    dist_info, device = distributed.init_on(select_device(cfg.train.device))
     main = dist_info.is_main
     progress = cfg.train.progress and main
     out = Path(cfg.train.out_dir)
@@ -241,12 +256,19 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         torch.use_deterministic_algorithms(True)
     seed_everything(cfg.train.seed + dist_info.rank)
 
+    if cfg.eval.search != "exact":  # a typo must not surface only when the first evaluation runs
+        try:
+            empty_index(cfg.eval.search, cfg.model.embedding_dim, cfg.eval.metric)
+        except ValueError as err:
+            raise ConfigError(f"config key 'eval.search': {err}") from None
     train_tf, test_tf = build_transforms(cfg.data)
     splits = build_datasets(cfg.data, train_tf, test_tf)
     num_classes = splits.train.num_classes
     method = build_method(cfg, num_classes).to(device)
     if cfg.train.cross_rank_graph and dist_info.enabled:
         method.gather = distributed.all_gather_with_grad
+    if cfg.train.sync_batchnorm and dist_info.enabled:
+        distributed.convert_sync_batchnorm(method)
     optimizer = build_optimizer(cfg.optim, method.param_groups())
     scheduler = build_scheduler(optimizer, cfg.optim)
     sampler = PKSampler(splits.train.labels, cfg.train.classes_per_batch, cfg.train.samples_per_class,
@@ -351,8 +373,9 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
         row["skipped_steps"] = state.skipped_steps
         row["train_time_s"] = state.train_time
         last = epoch + 1 == cfg.train.epochs
-        if main and (last or (epoch + 1) % cfg.train.eval_every == 0):
+        if last or (epoch + 1) % cfg.train.eval_every == 0:
             which = ("val", "test") if (last or cfg.train.eval_test_every_epoch) else ("val",)
+            # every rank embeds a share; rank 0 evaluates (the other ranks get no metrics)
             metrics = evaluate_run(method, splits, cfg, device, progress=progress, which=which)
             row.update(_flatten(metrics))
             if progress and "test" in metrics:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from pygml import distributed
 from pygml.checkpoint import load_checkpoint, load_model_state
 from pygml.config import Config, apply_overrides, config_from_dict
 from pygml.data import build_datasets, build_transforms
@@ -23,9 +24,13 @@ def load_trained(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Metho
 
 def evaluate_checkpoint(path: str | Path, overrides: Sequence[str] = (), *, device: str = "auto", refine: int = 0,
                         plots: Optional[str] = None) -> dict[str, Any]:
-    """Metrics of a checkpoint on its test split (and validation split, if the config has one)."""
+    """Metrics of a checkpoint on its test split (and validation split, if the config has one).
+
+    Launched by torchrun with several processes, every rank embeds a share of each split and rank 0
+    evaluates; the other ranks return empty ``metrics``. ``refine`` runs on one process."""
     method, cfg = load_trained(path, overrides)
     dev = select_device(device)
+    _, dev = distributed.init_on(dev)  # under torchrun each rank embeds a share and rank 0 evaluates
     method.to(dev)
     _, test_tf = build_transforms(cfg.data)
     splits = build_datasets(cfg.data, test_tf, test_tf)
@@ -38,7 +43,9 @@ def evaluate_checkpoint(path: str | Path, overrides: Sequence[str] = (), *, devi
                                       device=dev, num_workers=cfg.data.num_workers)
         metrics = {"test": build_evaluator(cfg)(method.refine(feats, refine), labels)}
     else:
-        metrics = evaluate_run(method, splits, cfg, dev)
+        metrics = evaluate_run(method, splits, cfg, dev, progress=distributed.is_main())
+    if not distributed.is_main():
+        return {"method": cfg.method, "data": cfg.data.name, "metrics": {}}
     if plots:
         from pygml.plots import evaluation_plots
 

@@ -60,6 +60,8 @@ All arithmetic is float32 (inputs of any float dtype are converted), averages fl
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -96,6 +98,8 @@ def evaluate(
     device: Optional[Union[str, torch.device]] = None,
     chunk_size: Optional[int] = None,
     seed: int = 0,
+    search: Union[str, "faiss.Index"] = "exact",
+    nprobe: int = 32,
 ) -> dict[str, float]:
     """Retrieval and clustering metrics of embeddings (definitions in the module docstring).
 
@@ -110,15 +114,26 @@ def evaluate(
         ami: add ``AMI`` (needs scikit-learn).
         device: where the similarities are computed; ``None`` = CUDA when available, else CPU.
         chunk_size: query rows per block of similarities; ``None`` = about 512 MiB per block.
-        seed: k-means seed.
+        seed: k-means seed (and the seed of the training sample of an approximate index).
+        search: ``"exact"`` (the exhaustive ranking described above), or a faiss index factory string
+            for an approximate kNN search, e.g. ``"IVF4096,Flat"`` or, to hold a gallery compressed,
+            ``"IVF4096,PQ32"`` (see :func:`build_index`), or a faiss index already holding the
+            reference rows (e.g. from :func:`build_index`, reused across settings; used as it is).
+            The metrics are then read from the index's top ``max(max R, max K)`` list: a relevant row
+            the index misses counts as a miss.
+        nprobe: inverted lists visited per query by an IVF index that ``search`` names (more: slower,
+            closer to exact).
 
     Returns:
         ``{"recall@K": ..., "precision_at_1": ..., "r_precision": ...,
         "mean_average_precision_at_r": ..., "NMI": ..., "AMI": ...}``, fractions in [0, 1]
         (a ValueError when no query has a relevant gallery row: the retrieval metrics are undefined).
     """
-    ks = _check_settings(recall_at, metric, chunk_size)
+    ks = _check_settings(recall_at, metric, chunk_size, search, nprobe)
     dev = _resolve_device(device)
+    approximate = not (isinstance(search, str) and search == "exact")
+    if approximate:
+        dev = torch.device("cpu")  # faiss takes host memory; rows are not copied to a device first
     q = _embeddings(query, "query", dev)
     q_labels = _labels(query_labels, "query_labels", q.shape[0])
     leave_one_out = reference is None
@@ -144,17 +159,22 @@ def evaluate(
             f"recall_at asks for K={max(ks)} but the gallery has only {gallery} rows"
             + (" (leave-one-out excludes the query itself)" if leave_one_out else "")
         )
-    if metric == "cosine":
+    if metric == "cosine" and not approximate:  # an index normalises its rows a block at a time
         q = _unit_rows(q, "query")
         r = q if leave_one_out else _unit_rows(r, "reference")
 
     classes, codes = np.unique(np.concatenate([q_labels, r_labels]), return_inverse=True)
     q_codes, r_codes = codes[: len(q_labels)], codes[len(q_labels):]
-    rank, ap, rp, relevant = _rank_queries(q, r, q_codes, r_codes, len(classes), leave_one_out, ks,
-                                           metric, chunk_size, torch_kernels=dev.type != "cpu")
+    if approximate:
+        rank, ap, rp, relevant = _search_queries(q, r, q_codes, r_codes, len(classes), leave_one_out, ks,
+                                                 metric, search, nprobe, seed, _resolve_device(device))
+    else:
+        rank, ap, rp, relevant = _rank_queries(q, r, q_codes, r_codes, len(classes), leave_one_out, ks,
+                                               metric, chunk_size, torch_kernels=dev.type != "cpu")
     out = _retrieval_metrics(rank, ap, rp, relevant, ks)
     if nmi or ami:
-        assignment = kmeans_assignments(q, len(np.unique(q_codes)), seed=seed)
+        rows = _unit_rows(q, "query") if metric == "cosine" and approximate else q
+        assignment = kmeans_assignments(rows, len(np.unique(q_codes)), seed=seed)
         if nmi:
             out["NMI"] = normalized_mutual_info(q_codes, assignment)
         if ami:
@@ -177,9 +197,11 @@ class RetrievalEvaluator:
     device: Optional[Union[str, torch.device]] = None
     chunk_size: Optional[int] = None
     seed: int = 0
+    search: Union[str, "faiss.Index"] = "exact"
+    nprobe: int = 32
 
     def __post_init__(self) -> None:
-        self.recall_at = _check_settings(self.recall_at, self.metric, self.chunk_size)
+        self.recall_at = _check_settings(self.recall_at, self.metric, self.chunk_size, self.search, self.nprobe)
 
     def __call__(
         self,
@@ -191,7 +213,8 @@ class RetrievalEvaluator:
         return evaluate(
             query, query_labels, reference, reference_labels,
             recall_at=self.recall_at, metric=self.metric, nmi=self.nmi, ami=self.ami,
-            device=self.device, chunk_size=self.chunk_size, seed=self.seed,
+            device=self.device, chunk_size=self.chunk_size, seed=self.seed, search=self.search,
+            nprobe=self.nprobe,
         )
 
 
@@ -266,7 +289,13 @@ def _adjusted_mutual_info(labels: np.ndarray, assignment: np.ndarray) -> float:
     return float(adjusted_mutual_info_score(labels, assignment))
 
 
-def _check_settings(recall_at: Sequence[int], metric: str, chunk_size: Optional[int]) -> tuple[int, ...]:
+def _check_settings(recall_at: Sequence[int], metric: str, chunk_size: Optional[int],
+                    search: Union[str, "faiss.Index"] = "exact", nprobe: int = 1) -> tuple[int, ...]:
+    if not isinstance(search, faiss.Index) and (not isinstance(search, str) or not search.strip()):
+        raise ValueError(f"search must be 'exact' or a faiss index factory string such as 'IVF4096,Flat', "
+                         f"got {search!r}")
+    if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
+        raise ValueError(f"nprobe must be a positive number of inverted lists, got {nprobe!r}")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if isinstance(recall_at, (int, np.integer)):
@@ -291,7 +320,9 @@ def _embeddings(x: ArrayLike, name: str, device: torch.device) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         if x.dtype.kind != "f":
             raise ValueError(f"{name} must hold floating-point values, got dtype {x.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        with warnings.catch_warnings():  # a read-only array (a memory map) is only ever read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            x = torch.from_numpy(np.ascontiguousarray(x))
     elif not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -301,10 +332,12 @@ def _embeddings(x: ArrayLike, name: str, device: torch.device) -> torch.Tensor:
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
     x = x.detach().to(device=device, dtype=torch.float32).contiguous()
-    finite = torch.isfinite(x).all(dim=1)
-    if not bool(finite.all()):
-        row = int(torch.nonzero(~finite)[0, 0])
-        raise ValueError(f"{name} has NaN or inf values (first in row {row}) after conversion to float32")
+    step = max(1, CHUNK_BYTES // (4 * x.shape[1]))
+    for start in range(0, x.shape[0], step):  # in blocks: a memory-mapped array is never held whole
+        finite = torch.isfinite(x[start: start + step]).all(dim=1)
+        if not bool(finite.all()):
+            row = start + int(torch.nonzero(~finite)[0, 0])
+            raise ValueError(f"{name} has NaN or inf values (first in row {row}) after conversion to float32")
     return x
 
 
@@ -319,11 +352,12 @@ def _labels(y: ArrayLike, name: str, n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _unit_rows(x: torch.Tensor, name: str) -> torch.Tensor:
+def _unit_rows(x: torch.Tensor, name: str, row0: int = 0) -> torch.Tensor:
+    """Rows of ``x`` divided by their norms; an all-zero row (row ``row0 + i`` of ``name``) is an error."""
     norms = torch.linalg.vector_norm(x, dim=1)
     zero = norms == 0
     if bool(zero.any()):
-        row = int(torch.nonzero(zero)[0, 0])
+        row = row0 + int(torch.nonzero(zero)[0, 0])
         raise ValueError(f"{name} row {row} is all zeros: its cosine similarity is undefined")
     return x / norms[:, None]
 
@@ -345,6 +379,144 @@ def _rank_queries(
     else:
         ranking.run_by_rows()
     return ranking.rank, ranking.ap, ranking.rp, ranking.relevant
+
+
+#: rows added to, or searched in, an approximate index at a time
+INDEX_BLOCK = 65_536
+#: training rows an approximate index samples per inverted list (faiss asks for at least 39)
+TRAIN_ROWS_PER_LIST = 64
+#: training rows sampled at least (a PQ code book of 256 centroids asks for 9,984 rows)
+TRAIN_ROWS_DEFAULT = 16_384
+
+
+def _index_rows(x: torch.Tensor, start: int, stop: int, metric: str, name: str) -> np.ndarray:
+    block = x[start:stop]
+    if metric == "cosine":
+        block = _unit_rows(block, name, row0=start)
+    return np.ascontiguousarray(block.cpu().numpy(), dtype=np.float32)
+
+
+def empty_index(search: str, dim: int, metric: str = "cosine") -> "faiss.Index":
+    """The untrained, empty faiss index that the factory string ``search`` describes for ``dim``-dimensional
+    rows (inner product for ``metric="cosine"``, L2 for ``"euclidean"``); a ValueError names a string
+    faiss cannot build. Cheap: configurations are checked with it before a run starts."""
+    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+    try:
+        return faiss.index_factory(dim, search, faiss_metric)
+    except RuntimeError as err:
+        reason = re.sub(r"^Error in .*? at \S+:\d+: ", "", str(err).strip().splitlines()[-1])
+        raise ValueError(f"search={search!r} is not a faiss index factory string faiss can build for "
+                         f"{dim}-dimensional rows: {reason}") from None
+
+
+def build_index(
+    gallery: ArrayLike,
+    search: str,
+    *,
+    metric: str = "cosine",
+    nprobe: int = 32,
+    seed: int = 0,
+    device: Optional[Union[str, torch.device]] = "cpu",
+    name: str = "reference",
+) -> "faiss.Index":
+    """A faiss index of ``gallery`` (M, d) built from a factory string, for approximate kNN search.
+
+    ``search`` is any `faiss index factory
+    <https://github.com/facebookresearch/faiss/wiki/The-index-factory>`_ string: ``"IVF4096,Flat"``
+    (inverted lists, full vectors), ``"IVF4096,PQ32"`` (inverted lists, 32-byte codes: a gallery of
+    1,000,000 × 128 takes 32 MB instead of 512 MB), ``"HNSW32"``, or ``"Flat"`` (exhaustive).
+    Rows are L2-normalised for ``metric="cosine"`` (inner-product index) and taken as they are for
+    ``"euclidean"`` (L2 index), a block of :data:`INDEX_BLOCK` rows at a time, so a gallery given as a
+    memory-mapped numpy array is never held whole in memory. An index that needs training is trained
+    on a seeded sample of :data:`TRAIN_ROWS_PER_LIST` rows per inverted list (at least
+    :data:`TRAIN_ROWS_DEFAULT`). ``nprobe`` sets how many
+    lists an IVF index visits per query. With ``device="cuda"`` and a GPU build of faiss the index is
+    moved to the GPUs (faiss-cpu, the pinned build, searches on the CPU).
+    """
+    _check_settings((1,), metric, None, search, nprobe)
+    x = _embeddings(gallery, name, torch.device("cpu"))
+    n, d = x.shape
+    index = empty_index(search, d, metric)
+    try:
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    except RuntimeError:
+        ivf = None
+    if ivf is not None and hasattr(ivf, "do_polysemous_training"):
+        ivf.do_polysemous_training = False  # only polysemous (Hamming) search uses it; it is slow to train
+    if not index.is_trained:
+        want = max(TRAIN_ROWS_PER_LIST * ivf.nlist if ivf is not None else 0, TRAIN_ROWS_DEFAULT)
+        if ivf is not None and ivf.nlist > n:
+            raise ValueError(f"search={search!r} asks for {ivf.nlist} inverted lists but {name} has only "
+                             f"{n} rows; use at most about sqrt({n}) ≈ {max(1, int(math.sqrt(n)))} lists")
+        sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, want), replace=False))
+        rows = x[torch.from_numpy(sample)]
+        if metric == "cosine":
+            rows = _unit_rows(rows, name)
+        index.train(np.ascontiguousarray(rows.numpy()))
+    for start in range(0, n, INDEX_BLOCK):
+        index.add(_index_rows(x, start, min(start + INDEX_BLOCK, n), metric, name))
+    if ivf is not None:
+        ivf.nprobe = min(nprobe, ivf.nlist)
+    if torch.device(device or "cpu").type == "cuda" and hasattr(faiss, "index_cpu_to_all_gpus") \
+            and faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def _search_queries(
+    q: torch.Tensor, r: torch.Tensor, q_codes: np.ndarray, r_codes: np.ndarray, n_classes: int,
+    leave_one_out: bool, ks: tuple[int, ...], metric: str, search: Union[str, "faiss.Index"], nprobe: int,
+    seed: int, device: torch.device,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_rank_queries` from an approximate index's top ``max(max R, max K)`` list per query; a
+    query with no relevant row in it gets rank ``depth`` (a miss at every K)."""
+    class_size = np.bincount(r_codes, minlength=n_classes)
+    relevant = class_size[q_codes] - int(leave_one_out)
+    max_r = int(relevant.max())
+    depth = min(max(max_r, max(ks, default=1)), r.shape[0] - int(leave_one_out))
+    if isinstance(search, faiss.Index):
+        index = search
+        _check_index(index, r.shape, metric)
+    else:
+        index = build_index(r, search, metric=metric, nprobe=nprobe, seed=seed, device=device,
+                            name="query" if leave_one_out else "reference")
+    k = depth + int(leave_one_out)
+    n_q = q.shape[0]
+    rank = np.full(n_q, depth, dtype=np.int64)
+    ap, rp = np.zeros(n_q), np.zeros(n_q)
+    for start in range(0, n_q, INDEX_BLOCK):
+        stop = min(start + INDEX_BLOCK, n_q)
+        _, ids = index.search(_index_rows(q, start, stop, metric, "query"), k)
+        if leave_one_out:
+            ids = _without_self(ids, np.arange(start, stop))
+        codes = q_codes[start:stop]
+        hit = (ids >= 0) & (r_codes[np.maximum(ids, 0)] == codes[:, None])  # -1: fewer than k found
+        found = hit.any(axis=1)
+        rank[start:stop] = np.where(found, hit.argmax(axis=1), depth)
+        ap[start:stop], rp[start:stop] = _precision_at_r(hit[:, :max_r], relevant[start:stop])
+    return rank, ap, rp, relevant
+
+
+def _check_index(index: "faiss.Index", shape: tuple[int, int], metric: str) -> None:
+    """A ValueError unless ``index`` holds ``shape[0]`` rows of ``shape[1]`` dimensions with ``metric``'s
+    faiss metric (inner product for cosine, L2 for euclidean)."""
+    want = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+    if index.d != shape[1]:
+        raise ValueError(f"search is a faiss index of {index.d}-dimensional rows but reference has {shape[1]}")
+    if index.ntotal != shape[0]:
+        raise ValueError(f"search is a faiss index holding {index.ntotal} rows but reference has {shape[0]}: "
+                         "an index must hold exactly the reference rows, in order")
+    if index.metric_type != want:
+        raise ValueError(f"search is a faiss index with the other metric: metric={metric!r} needs "
+                         f"{'an inner-product index of normalised rows' if metric == 'cosine' else 'an L2 index'}")
+
+
+def _without_self(ids: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Each row of ``ids`` (n, k) without the query's own index (or, when the search missed it, without
+    its last entry), shape (n, k - 1)."""
+    keep = ids != own[:, None]
+    keep[keep.all(axis=1), -1] = False
+    return ids[keep].reshape(ids.shape[0], ids.shape[1] - 1)
 
 
 class _Ranking:
