@@ -115,6 +115,8 @@ class TrainConfig:
     #: BatchNorm statistics over the global batch under DDP (every trainable BatchNorm becomes a
     #: SyncBatchNorm); ``false`` = each rank normalises with its own batch's statistics
     sync_batchnorm: bool = False
+    #: torch.compile the backbone (batch graphs are built outside the compiled region)
+    compile: bool = False
     progress: bool = True
 
 

@@ -155,3 +155,18 @@ def test_evaluation_schedule_does_not_change_training(tmp_path):
     a = load_checkpoint(tmp_path / "every" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "last" / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_compiled_backbone_trains_as_the_eager_one(tmp_path):
+    """train.compile: same weights as eager (to float tolerance), same state-dict keys, and a checkpoint
+    that loads into an eager model."""
+    pytest.importorskip("torch._inductor")
+    eager = train(tiny(tmp_path / "eager", "train.epochs=1", "train.max_steps_per_epoch=2"))
+    compiled = train(tiny(tmp_path / "compiled", "train.epochs=1", "train.max_steps_per_epoch=2",
+                          "train.compile=true"))
+    a = load_checkpoint(tmp_path / "eager" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "compiled" / "checkpoint.pt")["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-4, rtol=1e-3), key
+    assert compiled["test"]["recall@1"] == pytest.approx(eager["test"]["recall@1"], abs=0.02)
