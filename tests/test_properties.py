@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pygml.evaluation import evaluate
@@ -140,3 +140,24 @@ def test_evaluator_in_range_or_clear_error(batch, metric):
         evaluate(x, y, recall_at=(n,), metric=metric, nmi=False)  # K larger than the gallery (n - 1)
     with pytest.raises(ValueError):
         evaluate(x, np.asarray(y)[:-1], recall_at=(1,), nmi=False)
+
+
+@SETTINGS
+@given(batches(max_n=40, max_classes=6), st.sampled_from(["cosine", "euclidean"]))
+def test_exhaustive_index_search_equals_the_exact_evaluator(batch, metric):
+    """search="Flat" reads the metrics from a faiss kNN list: on rows without near-ties it must give
+    the exact evaluator's numbers, for any shape and label pattern, or the same clear error."""
+    x, y = batch
+    assume(metric == "euclidean" or x.size(1) > 1)  # 1-D rows normalise to ±1: ties at the list's cut
+    n = x.size(0)
+    ks = (1, max(1, min(3, n - 1)))
+    try:
+        exact = evaluate(x, y, recall_at=ks, metric=metric, nmi=False)
+    except ValueError as err:
+        with pytest.raises(ValueError, match=str(err)[:30].replace("(", r"\(").replace(")", r"\)")):
+            evaluate(x, y, recall_at=ks, metric=metric, nmi=False, search="Flat")
+        return
+    approx = evaluate(x, y, recall_at=ks, metric=metric, nmi=False, search="Flat")
+    assert approx.keys() == exact.keys()
+    for key in exact:
+        assert approx[key] == pytest.approx(exact[key], abs=1e-9), key
