@@ -365,12 +365,14 @@ def _labels(y: ArrayLike, name: str, n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _unit_rows(x: torch.Tensor, name: str, row0: int = 0) -> torch.Tensor:
-    """Rows of ``x`` divided by their norms; an all-zero row (row ``row0 + i`` of ``name``) is an error."""
+def _unit_rows(x: torch.Tensor, name: str, rows: Optional[np.ndarray] = None) -> torch.Tensor:
+    """Rows of ``x`` divided by their norms; an all-zero row is an error naming its row of ``name``
+    (``rows[i]`` for ``x[i]`` when ``x`` holds some of its rows, else ``i``)."""
     norms = torch.linalg.vector_norm(x, dim=1)
     zero = norms == 0
     if bool(zero.any()):
-        row = row0 + int(torch.nonzero(zero)[0, 0])
+        first = int(torch.nonzero(zero)[0, 0])
+        row = first if rows is None else int(rows[first])
         raise ValueError(f"{name} row {row} is all zeros: its cosine similarity is undefined")
     return x / norms[:, None]
 
@@ -402,10 +404,10 @@ TRAIN_ROWS_PER_LIST = 64
 TRAIN_ROWS_DEFAULT = 16_384
 
 
-def _index_rows(x: torch.Tensor, start: int, stop: int, metric: str, name: str) -> np.ndarray:
-    block = x[start:stop]
+def _index_rows(block: torch.Tensor, rows: np.ndarray, metric: str, name: str) -> np.ndarray:
+    """``block`` (rows ``rows`` of ``name``) as a float32 array for faiss, L2-normalised for cosine."""
     if metric == "cosine":
-        block = _unit_rows(block, name, row0=start)
+        block = _unit_rows(block, name, rows)
     return np.ascontiguousarray(block.cpu().numpy(), dtype=np.float32)
 
 
@@ -462,12 +464,10 @@ def build_index(
             raise ValueError(f"search={search!r} asks for {ivf.nlist} inverted lists but {name} has only "
                              f"{n} rows; use at most about sqrt({n}) ≈ {max(1, int(math.sqrt(n)))} lists")
         sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, want), replace=False))
-        rows = x[torch.from_numpy(sample)]
-        if metric == "cosine":
-            rows = _unit_rows(rows, name)
-        index.train(np.ascontiguousarray(rows.numpy()))
+        index.train(_index_rows(x[torch.from_numpy(sample)], sample, metric, name))
     for start in range(0, n, INDEX_BLOCK):
-        index.add(_index_rows(x, start, min(start + INDEX_BLOCK, n), metric, name))
+        rows = np.arange(start, min(start + INDEX_BLOCK, n))
+        index.add(_index_rows(x[start: rows[-1] + 1], rows, metric, name))
     if ivf is not None:
         ivf.nprobe = min(nprobe, ivf.nlist)
     if torch.device(device or "cpu").type == "cuda" and hasattr(faiss, "index_cpu_to_all_gpus") \
@@ -499,7 +499,7 @@ def _search_queries(
     ap, rp = np.zeros(n_q), np.zeros(n_q)
     for start in range(0, n_q, INDEX_BLOCK):
         stop = min(start + INDEX_BLOCK, n_q)
-        scores, ids = index.search(_index_rows(q, start, stop, metric, "query"), k)
+        scores, ids = index.search(_index_rows(q[start:stop], np.arange(start, stop), metric, "query"), k)
         # ties within the list in index order, as the exact ranking has them (faiss leaves them unordered)
         order = np.lexsort((ids, scores if metric == "euclidean" else -scores), axis=1)
         ids = np.take_along_axis(ids, order, axis=1)

@@ -374,6 +374,13 @@ def test_compressed_index_and_memory_mapped_gallery(tmp_path):
     assert exact["recall@1"] > 0.9 and exact["recall@1"] - mapped["recall@1"] < 0.05
 
 
+def test_a_zero_row_in_the_training_sample_is_named_by_its_row_of_the_gallery():
+    x = np.random.default_rng(26).standard_normal((20_000, 4)).astype(np.float32)
+    x[15_000:] = 0.0  # the seeded training sample (16,384 of 20,000 rows) holds some of them
+    with pytest.raises(ValueError, match=r"reference row 15\d{3} is all zeros"):
+        build_index(x, "IVF4,Flat")
+
+
 def test_without_self_drops_the_query_or_the_last_column():
     ids = np.array([[3, 0, 7], [5, 2, 9], [4, 4 - 4, 1]])
     out = _without_self(ids, np.array([0, 1, 4]))
