@@ -99,7 +99,7 @@ def shard(n: int) -> range:
     return range(n * rank // world, n * (rank + 1) // world)
 
 
-def _comm_device(x: Tensor) -> torch.device:
+def _comm_device() -> torch.device:
     """Where a collective takes its tensors: the current GPU for NCCL, the CPU for gloo."""
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
@@ -125,7 +125,7 @@ def gather_rows(x: Tensor, dst: int = 0) -> Optional[Tensor]:
     """
     if not running():
         return x
-    padded, counts = _padded(x.detach().to(_comm_device(x)))
+    padded, counts = _padded(x.detach().to(_comm_device()))
     if dist.get_rank() != dst:
         dist.gather(padded.contiguous(), None, dst=dst)
         return None
