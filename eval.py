@@ -2,7 +2,7 @@
 
 import sys
 
-from pygml.cli import eval_main
+from pygml.app.cli import eval_main
 
 if __name__ == "__main__":
     sys.exit(eval_main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from pygml.cli import train_main
+from pygml.app.cli import train_main
 
 if __name__ == "__main__":
     sys.exit(train_main())

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Data, HeteroData
 
+from pygml.checks import value_checks_enabled
+
 VISUAL = 0
 LABEL = 1
 
@@ -34,7 +36,7 @@ def _check_embeddings(x: Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} is empty (0 rows)")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if not torch.isfinite(x).all():
+    if value_checks_enabled() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
 
 
@@ -145,7 +147,8 @@ def edges_of_type(data: Data, edge_type: int) -> Tensor:
 __all__ = ["LABEL", "VISUAL", "batch_graph", "edges_of_type", "knn_homophily", "proxy_graph", "select_proxies", "similarity"]
 
 
-def select_proxies(sim: Tensor, labels: Tensor, proxy_labels: Tensor, k: int, *, keep_own: bool = True) -> Tensor:
+def select_proxies(sim: Tensor, labels: Tensor, proxy_labels: Tensor, k: int, *, keep_own: bool = True,
+                   own_per_row: Optional[int] = None) -> Tensor:
     r"""The proxies each sample keeps in the ProxyGML subgraph (Zhu et al., NeurIPS 2020, Sec. 3.2).
 
     With ``keep_own`` (the paper's :math:`S_{pos}` term) a sample keeps its own class's proxies (the
@@ -160,6 +163,8 @@ def select_proxies(sim: Tensor, labels: Tensor, proxy_labels: Tensor, k: int, *,
         proxy_labels: class of each proxy, shape (P,).
         k: proxies kept per sample; ``k ≥ P`` keeps every proxy.
         keep_own: always keep the sample's own-class proxies (at most k of them).
+        own_per_row: when every sample's class has exactly this many proxies (ProxyGML's N per class),
+            saying so skips counting them, a read of tensor values.
 
     Returns:
         Long tensor (B, k') with k' = min(k, P): row i holds the indices of the proxies sample i keeps,
@@ -178,7 +183,10 @@ def select_proxies(sim: Tensor, labels: Tensor, proxy_labels: Tensor, k: int, *,
             return sim.topk(k, dim=1).indices
         own = labels.view(-1, 1) == proxy_labels.view(1, -1)
         num_own = own.sum(dim=1, keepdim=True)
-        fewest, most = (int(v) for v in torch.aminmax(num_own))
+        if own_per_row is None:
+            fewest, most = (int(v) for v in torch.aminmax(num_own))
+        else:
+            fewest = most = own_per_row
         if fewest == most <= k:  # every row keeps all of its `most` own proxies: no ranking among them
             mine = own.nonzero()[:, 1].view(num_rows, most)
             if most == k:

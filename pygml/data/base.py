@@ -1,5 +1,4 @@
-"""The dataset interface every pygml loader follows, the train / query / gallery / validation bundle, and
-the one entry point that builds them from a :class:`~pygml.config.DataConfig`.
+"""The dataset interface every pygml loader follows and the train / query / gallery / validation bundle.
 
 A retrieval dataset yields ``(image, label)`` pairs; its ``labels`` array is available without loading any
 image, so samplers and evaluators can read it directly. Labels are contiguous ``0 .. C-1`` *within a split*:
@@ -9,14 +8,12 @@ the train split's label 0 and the test split's label 0 are different classes (ze
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pygml.config import DataConfig
 
 Transform = Optional[Callable[[Image.Image], Any]]
 
@@ -125,11 +122,11 @@ def carve_validation(train: RetrievalDataset, fraction: float, seed: int = 0,
     labels); ``train_rest`` keeps ``train.transform``, ``val`` gets ``val_transform``.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"data.val_fraction must be in (0, 1) to carve a validation split, got {fraction}")
+        raise ValueError(f"fraction must be in (0, 1) to carve a validation split, got {fraction}")
     n_classes = train.num_classes
     n_val = max(1, int(round(fraction * n_classes)))
     if n_classes - n_val < 2 or n_val < 2:
-        raise ValueError(f"data.val_fraction={fraction} of {n_classes} training classes leaves {n_classes - n_val} "
+        raise ValueError(f"a validation fraction of {fraction} of {n_classes} training classes leaves {n_classes - n_val} "
                          f"for training and {n_val} for validation; both need at least 2")
     perm = np.random.default_rng(seed).permutation(n_classes)
     val_classes = np.sort(perm[:n_val])
@@ -138,45 +135,4 @@ def carve_validation(train: RetrievalDataset, fraction: float, seed: int = 0,
             ClassSubset(train, val_classes, "val", val_transform))
 
 
-def default_root(cfg: DataConfig) -> Path:
-    """``cfg.root``, or ``./data/<name>`` when it is not set."""
-    return Path(cfg.root) if cfg.root is not None else Path("data") / cfg.name
-
-
-def build_datasets(cfg: DataConfig, train_transform: Transform, test_transform: Transform,
-                   seed: int = 0) -> DatasetSplits:
-    """Build the splits named by ``cfg.name``; carve a validation split when ``cfg.val_fraction > 0``.
-
-    ``glyphs`` / ``glyphs_matplotlib`` (:class:`~pygml.data.glyphs.Glyphs`, cached under the root),
-    ``fashion_mnist`` (:class:`~pygml.data.small.FashionMNIST`; the root defaults to the Debian package's
-    directory), ``digits`` (:class:`~pygml.data.small.Digits`, no root); the benchmarks ``cub``, ``cars``,
-    ``sop``, ``inshop`` come from :func:`pygml.data.benchmarks.build_benchmark`.
-    """
-    from pygml.data.glyphs import Glyphs
-    from pygml.data.small import FASHION_MNIST_ROOT, Digits, FashionMNIST
-
-    name = cfg.name
-    if name in ("glyphs", "glyphs_matplotlib"):
-        variant = "full" if name == "glyphs" else "matplotlib"
-        root = default_root(cfg)
-        kw = dict(variant=variant, strict=cfg.strict_fonts)
-        splits = DatasetSplits(train=Glyphs(root, "train", train_transform, **kw),
-                               query=Glyphs(root, "test", test_transform, **kw))
-    elif name == "fashion_mnist":
-        root = cfg.root if cfg.root is not None else FASHION_MNIST_ROOT
-        splits = DatasetSplits(train=FashionMNIST(root, "train", train_transform),
-                               query=FashionMNIST(root, "test", test_transform))
-    elif name == "digits":
-        splits = DatasetSplits(train=Digits("train", train_transform), query=Digits("test", test_transform))
-    elif name in ("cub", "cars", "sop", "inshop"):
-        from pygml.data.benchmarks import build_benchmark
-
-        splits = build_benchmark(cfg, train_transform, test_transform)
-    else:
-        raise ValueError(f"data.name={name!r} is not a known dataset; expected one of glyphs, glyphs_matplotlib, "
-                         "fashion_mnist, digits, cub, cars, sop, inshop")
-    if cfg.val_fraction > 0:
-        if splits.val is not None:
-            raise ValueError(f"dataset {name!r} already has a validation split; set data.val_fraction=0")
-        splits.train, splits.val = carve_validation(splits.train, cfg.val_fraction, seed, test_transform)
-    return splits
+__all__ = ["ClassSubset", "DatasetSplits", "GrayImages", "RetrievalDataset", "Transform", "carve_validation"]

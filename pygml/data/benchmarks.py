@@ -18,8 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from pygml.config import DataConfig
-from pygml.data.base import DatasetSplits, RetrievalDataset, Transform, default_root
+from pygml.data.base import DatasetSplits, RetrievalDataset, Transform
 
 README = "datasets/README.md"
 
@@ -338,20 +337,23 @@ BENCHMARKS: dict[str, type[BenchmarkDataset]] = {
 }
 
 
-def build_benchmark(cfg: DataConfig, train_transform: Transform, test_transform: Transform) -> DatasetSplits:
-    """The train split and the test retrieval sets of benchmark ``cfg.name`` (cub, cars, sop, inshop).
+def benchmark_splits(name: str, root: str | os.PathLike, train_transform: Transform, test_transform: Transform, *,
+                     check_counts: bool = True, skip_corrupt: bool = False) -> DatasetSplits:
+    """The train split and the test retrieval sets of benchmark ``name`` (cub, cars, sop, inshop) under ``root``.
 
-    The root is ``cfg.root`` or ``./data/<name>``; ``cfg.check_counts`` and ``cfg.skip_corrupt`` are passed
-    on. CUB, Cars and SOP test by leave-one-out on their test split (``gallery=None``); In-Shop's queries
-    search its gallery.
+    CUB, Cars and SOP test by leave-one-out on their test split (``gallery=None``); In-Shop's queries
+    search its gallery. ``check_counts`` and ``skip_corrupt`` are passed to every split.
     """
-    if cfg.name not in BENCHMARKS:
-        raise ValueError(f"data.name={cfg.name!r} is not a benchmark; expected one of {', '.join(BENCHMARKS)}")
-    cls = BENCHMARKS[cfg.name]
-    root = default_root(cfg)
-    kw = dict(check_counts=cfg.check_counts, skip_corrupt=cfg.skip_corrupt)
+    if name not in BENCHMARKS:
+        raise ValueError(f"{name!r} is not a benchmark; expected one of {', '.join(BENCHMARKS)}")
+    cls = BENCHMARKS[name]
+    kw = dict(check_counts=check_counts, skip_corrupt=skip_corrupt)
     train = cls(root, "train", train_transform, **kw)
     if cls is InShop:
         return DatasetSplits(train=train, query=cls(root, "query", test_transform, **kw),
                              gallery=cls(root, "gallery", test_transform, **kw))
     return DatasetSplits(train=train, query=cls(root, "test", test_transform, **kw))
+
+
+__all__ = ["BENCHMARKS", "CUB200", "Cars196", "CorruptImageError", "InShop", "StanfordOnlineProducts",
+           "benchmark_splits", "decode_image", "find_unreadable", "read_cars_annotations", "write_cars_text_list"]

@@ -1,7 +1,7 @@
 """Glyphs: characters rendered from real typefaces, one class per character, one image per font.
 
 An Omniglot-like zero-shot retrieval task that builds offline in seconds. Everything that defines the data
-is listed in ``glyphs_manifest.json`` (written by ``python -m pygml.data.make_glyph_manifest``, which
+is listed in ``glyphs_manifest.json`` (written by ``python scripts/make_glyph_manifest.py``, which
 documents the rules that chose its fonts and characters):
 
 - the fonts, by file name, family / style, Debian package and sha256, so two machines render the same
@@ -68,7 +68,7 @@ def load_manifest(path: str | Path = MANIFEST_PATH) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"glyph manifest not found: {path}; regenerate it with "
-                                "`python -m pygml.data.make_glyph_manifest`")
+                                "`python scripts/make_glyph_manifest.py` (from a clone of the repository)")
     return _load_manifest_cached(str(path), path.stat().st_mtime)
 
 

@@ -12,8 +12,6 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from pygml.config import DataConfig
-
 #: light jitter of the ``small`` augmentation (grey images of ~32 px): degrees, translate fraction, scale range
 SMALL_ROTATION = 8.0
 SMALL_TRANSLATE = 0.08
@@ -22,16 +20,25 @@ SMALL_SCALE = (0.9, 1.1)
 ImageTransform = Callable[[Image.Image], torch.Tensor]
 
 
-def _check(cfg: DataConfig) -> None:
-    if cfg.augmentation not in ("small", "imagenet"):
-        raise ValueError(f"data.augmentation must be 'small' or 'imagenet', got {cfg.augmentation!r}")
-    if cfg.image_size < 1:
-        raise ValueError(f"data.image_size must be a positive number of pixels, got {cfg.image_size}")
-    if not 0.0 <= cfg.random_erasing <= 1.0:
-        raise ValueError(f"data.random_erasing is a probability in [0, 1], got {cfg.random_erasing}")
-    if cfg.augmentation == "imagenet" and cfg.resize_size < cfg.image_size:
-        raise ValueError(f"data.resize_size ({cfg.resize_size}) must be at least data.image_size "
-                         f"({cfg.image_size}): the test images are resized, then centre-cropped to image_size")
+AUGMENTATIONS = ("small", "imagenet")
+INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+
+
+def _check(augmentation: str, image_size: int, resize_size: int, random_erasing: float,
+           crop_scale: tuple[float, float], interpolation: str) -> None:
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {augmentation!r}")
+    if image_size < 1:
+        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+    if not 0.0 <= random_erasing <= 1.0:
+        raise ValueError(f"random_erasing is a probability in [0, 1], got {random_erasing}")
+    if augmentation == "imagenet" and resize_size < image_size:
+        raise ValueError(f"resize_size ({resize_size}) must be at least image_size ({image_size}): the test images "
+                         "are resized, then centre-cropped to image_size")
+    if len(crop_scale) != 2 or not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
+        raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {tuple(crop_scale)}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
 
 
 class EnsureRGB:
@@ -44,28 +51,36 @@ class EnsureRGB:
         return f"{type(self).__name__}()"
 
 
-def build_transforms(cfg: DataConfig) -> tuple[ImageTransform, ImageTransform]:
-    """``(train_transform, test_transform)`` for ``cfg.augmentation``.
+def build_transforms(augmentation: str = "small", image_size: int = 32, *, resize_size: int = 256,
+                     random_erasing: float = 0.0, crop_scale: tuple[float, float] = (0.08, 1.0),
+                     interpolation: str = "bilinear") -> tuple[ImageTransform, ImageTransform]:
+    """``(train_transform, test_transform)`` for ``augmentation``.
 
     ``small`` (grey glyphs, Fashion-MNIST, digits): train = resize to ``image_size``² + ``RandomAffine``
     (±8°, ±8 % shift, scale 0.9–1.1, black fill); test = resize to ``image_size``².
 
-    ``imagenet`` (the Intra-Batch recipe, methods.md): train = ``RandomResizedCrop(image_size)`` +
-    horizontal flip; test = ``Resize(resize_size)`` (shorter side) + ``CenterCrop(image_size)``.
+    ``imagenet`` (the papers' recipes, methods.md): train = ``RandomResizedCrop(image_size, scale=crop_scale)``
+    + horizontal flip; test = ``Resize(resize_size)`` (shorter side) + ``CenterCrop(image_size)``; resizing
+    with ``interpolation`` (``bilinear``, or ``bicubic`` as the BGFormer release).
 
     Both add ``RandomErasing(p=random_erasing)`` at the end of the train pipeline when ``random_erasing > 0``.
     Output: ``float32`` tensor ``(3, image_size, image_size)`` in ``[0, 1]``. The geometric steps run on the
     PIL image (torchvision's classic transforms: on 32 px images about twice as fast as ``transforms.v2``).
     """
-    _check(cfg)
-    s = cfg.image_size
-    erase = [T.RandomErasing(p=cfg.random_erasing)] if cfg.random_erasing > 0 else []
-    if cfg.augmentation == "small":
-        train = [T.Resize((s, s)), T.RandomAffine(degrees=SMALL_ROTATION, translate=(SMALL_TRANSLATE, SMALL_TRANSLATE),
-                                                  scale=SMALL_SCALE, fill=0)]
-        test = [T.Resize((s, s))]
+    _check(augmentation, image_size, resize_size, random_erasing, crop_scale, interpolation)
+    s = image_size
+    mode = INTERPOLATIONS[interpolation]
+    erase = [T.RandomErasing(p=random_erasing)] if random_erasing > 0 else []
+    if augmentation == "small":
+        train = [T.Resize((s, s), interpolation=mode),
+                 T.RandomAffine(degrees=SMALL_ROTATION, translate=(SMALL_TRANSLATE, SMALL_TRANSLATE),
+                                scale=SMALL_SCALE, fill=0)]
+        test = [T.Resize((s, s), interpolation=mode)]
     else:
-        train = [T.RandomResizedCrop(s), T.RandomHorizontalFlip()]
-        test = [T.Resize(cfg.resize_size), T.CenterCrop(s)]
+        train = [T.RandomResizedCrop(s, scale=tuple(crop_scale), interpolation=mode), T.RandomHorizontalFlip()]
+        test = [T.Resize(resize_size, interpolation=mode), T.CenterCrop(s)]
     return (T.Compose([EnsureRGB(), *train, T.ToTensor(), *erase]),
             T.Compose([EnsureRGB(), *test, T.ToTensor()]))
+
+
+__all__ = ["AUGMENTATIONS", "EnsureRGB", "INTERPOLATIONS", "build_transforms"]

@@ -1,7 +1,9 @@
 """Losses with the pytorch-metric-learning calling convention: ``loss(embeddings, labels)``."""
 
-from pygml.losses.softmax import NormalizedSoftmaxLoss, check_embeddings_labels
+from pygml.losses.base import check_embeddings_labels
 from pygml.losses.contrastive import ContrastiveCELoss
-from pygml.losses.proxygml import ProxyGMLLoss
+from pygml.losses.proxygml import REGULARIZERS, ProxyGMLLoss
+from pygml.losses.softmax import ClassifierCELoss, NormalizedSoftmaxLoss
 
-__all__ = ["ContrastiveCELoss", "NormalizedSoftmaxLoss", "ProxyGMLLoss", "check_embeddings_labels"]
+__all__ = ["ClassifierCELoss", "ContrastiveCELoss", "NormalizedSoftmaxLoss", "ProxyGMLLoss", "REGULARIZERS",
+           "check_embeddings_labels"]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pygml.losses.softmax import check_embeddings_labels
+from pygml.losses.base import check_embeddings_labels
 
 
 class ContrastiveCELoss(nn.Module):
@@ -45,14 +45,13 @@ class ContrastiveCELoss(nn.Module):
         eye = torch.eye(n, dtype=torch.bool, device=embeddings.device)
         pos = (labels.view(-1, 1) == labels.view(1, -1)) & ~eye
         num_pos = pos.sum(1)
-        anchors = num_pos > 0
-        if not bool(anchors.any()):
-            return embeddings.sum() * 0.0
+        anchors = (num_pos > 0).to(embeddings.dtype)
         z = F.normalize(embeddings, dim=1)
         logits = (z @ z.t() / self.temperature).masked_fill(eye, -torch.inf)
         log_p = torch.where(pos, logits.log_softmax(dim=1), torch.zeros_like(logits))
-        per_anchor = -log_p.sum(1)[anchors] / num_pos[anchors]
-        return per_anchor.mean()
+        per_anchor = -log_p.sum(1) / num_pos.clamp_min(1)
+        # without a host read: anchors without positives weigh 0, and a batch without any gives 0
+        return (per_anchor * anchors).sum() / anchors.sum().clamp_min(1)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"

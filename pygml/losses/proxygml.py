@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from pygml.graph import select_proxies
-from pygml.losses.softmax import check_embeddings_labels
+from pygml.losses.base import check_embeddings_labels
 
 REGULARIZERS = ("full", "chunked", "batch")
 #: logits of one chunk of the ``chunked`` regulariser when ``chunk_size`` is not given (64 MiB in float32)
@@ -170,7 +170,8 @@ class ProxyGMLLoss(nn.Module):
         """:math:`L_{cls}` from the similarities S (B, CN)."""
         num_rows = sim.size(0)
         if self.subgraph:
-            idx = select_proxies(sim.detach(), labels, self.proxy_labels, self.k, keep_own=self.use_spos)
+            idx = select_proxies(sim.detach(), labels, self.proxy_labels, self.k, keep_own=self.use_spos,
+                                 own_per_row=self.proxies_per_class)
             classes, kept = self.proxy_labels[idx], sim.gather(1, idx)
             if self.use_mask:  # classes without a kept proxy stay at -inf: probability 0
                 z = sim.new_full((num_rows, self.num_classes), -math.inf)

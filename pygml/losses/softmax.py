@@ -1,30 +1,16 @@
-"""Normalized softmax (cosine classifier) loss."""
+"""Classification losses on the embedding: normalized softmax (a cosine classifier) and a label-smoothed
+cross-entropy on a linear classifier (Intra-Batch's two losses)."""
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def check_embeddings_labels(embeddings: Tensor, labels: Tensor, num_classes: int | None = None) -> None:
-    """Validate the (embeddings, labels) pair of a loss call; raise ``ValueError`` naming the argument."""
-    if embeddings.dim() != 2:
-        raise ValueError(f"embeddings must be 2-D (batch, dim), got shape {tuple(embeddings.shape)}")
-    if labels.dim() != 1 or labels.numel() != embeddings.size(0):
-        raise ValueError(f"labels must have shape ({embeddings.size(0)},), got {tuple(labels.shape)}")
-    if labels.is_floating_point():
-        raise ValueError(f"labels must be integers, got {labels.dtype}")
-    if embeddings.size(0) == 0:
-        raise ValueError("embeddings is empty")
-    if not embeddings.is_floating_point():
-        raise ValueError(f"embeddings must be floating point, got {embeddings.dtype}")
-    if not bool(torch.isfinite(embeddings.detach()).all()):
-        raise ValueError("embeddings contain NaN or inf")
-    if num_classes is not None and labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
+from pygml.losses.base import check_embeddings_labels
 
 
 class NormalizedSoftmaxLoss(nn.Module):
@@ -55,3 +41,69 @@ class NormalizedSoftmaxLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, embedding_size={self.weight.size(1)}, temperature={self.temperature}"
+
+
+class ClassifierCELoss(nn.Module):
+    r"""Label-smoothed cross-entropy of a linear classifier over a temperature (Intra-Batch Connections,
+    Seidenschwarz et al., ICML 2021, both of its losses):
+
+    .. math:: L = \mathrm{CE}_\varepsilon\bigl(W\, g(x) / T + b,\ y\bigr)
+
+    with :math:`g` the identity, or with ``neck=True`` a ``BatchNorm1d`` whose bias is frozen at 0 (the
+    paper's message-passing head). The embeddings are used as they are (not normalised).
+
+    Args:
+        num_classes: C.
+        embedding_size: d.
+        temperature: T > 0; the logits are divided by it.
+        label_smoothing: ε in [0, 1).
+        neck: a BatchNorm neck (bias frozen at zero) before the classifier.
+        bias: the classifier has a bias.
+        init_std: ``None`` = torch's ``Linear`` initialisation; a float = weights drawn from
+            N(0, init_std²) (the paper's MPN classifier: 1e-3).
+
+    Shapes: embeddings (B, d), labels (B,) in [0, C) → scalar.
+    """
+
+    def __init__(self, num_classes: int, embedding_size: int, temperature: float = 1.0, label_smoothing: float = 0.0,
+                 *, neck: bool = False, bias: bool = True, init_std: Optional[float] = None) -> None:
+        super().__init__()
+        if num_classes < 1 or embedding_size < 1:
+            raise ValueError(f"num_classes and embedding_size must be positive, got {num_classes}, {embedding_size}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+        if init_std is not None and init_std <= 0:
+            raise ValueError(f"init_std must be > 0 or None, got {init_std}")
+        self.num_classes = num_classes
+        self.temperature = temperature
+        self.label_smoothing = label_smoothing
+        self.init_std = init_std
+        self.neck = nn.BatchNorm1d(embedding_size) if neck else None
+        self.classifier = nn.Linear(embedding_size, num_classes, bias=bias)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.classifier.reset_parameters()
+        if self.init_std is not None:
+            nn.init.normal_(self.classifier.weight, std=self.init_std)
+        if self.neck is not None:
+            self.neck.reset_parameters()
+            self.neck.bias.requires_grad_(False)
+
+    def logits(self, embeddings: Tensor) -> Tensor:
+        """Class logits before the temperature, (B, C)."""
+        return self.classifier(embeddings if self.neck is None else self.neck(embeddings))
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        check_embeddings_labels(embeddings, labels, self.num_classes)
+        return F.cross_entropy(self.logits(embeddings) / self.temperature, labels,
+                               label_smoothing=self.label_smoothing)
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, temperature={self.temperature}, "
+                f"label_smoothing={self.label_smoothing}, neck={self.neck is not None}")
+
+
+__all__ = ["ClassifierCELoss", "NormalizedSoftmaxLoss"]

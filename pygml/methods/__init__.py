@@ -1,9 +1,18 @@
-"""Methods: each composes a backbone, graph layers and a loss behind the :class:`Method` interface."""
+"""Methods: a backbone, an embedding head, a base loss and an optional graph module behind the
+:class:`Method` interface; built in plain Python, no config needed.
 
-from pygml.methods.base import METHODS, Method, build_method, register_method
-from pygml.methods import baseline  # noqa: F401  (registers "baseline")
-from pygml.methods import intra_batch  # noqa: F401  (registers "intra_batch")
-from pygml.methods import bgformer  # noqa: F401  (registers "bgformer")
-from pygml.methods import proxygml  # noqa: F401  (registers "proxygml")
+>>> from pygml.models import SmallCNN
+>>> from pygml.methods import IntraBatch
+>>> method = IntraBatch(SmallCNN(width=8), num_classes=10, embedding_dim=16)
+"""
 
-__all__ = ["METHODS", "Method", "build_method", "register_method"]
+from pygml.methods.base import Method
+from pygml.methods.baseline import Baseline
+from pygml.methods.bgformer import BGFormer
+from pygml.methods.graphs import BGFORMER_GRAPHS, BatchGraphModule, BGFormerGraph, IntraBatchGraph
+from pygml.methods.intra_batch import IntraBatch, k_reciprocal_neighbours, refine
+from pygml.methods.learner import MetricLearner
+from pygml.methods.proxygml import ProxyGML
+
+__all__ = ["BGFORMER_GRAPHS", "BGFormer", "BGFormerGraph", "Baseline", "BatchGraphModule", "IntraBatch",
+           "IntraBatchGraph", "Method", "MetricLearner", "ProxyGML", "k_reciprocal_neighbours", "refine"]

@@ -1,33 +1,39 @@
-"""The non-graph reference: backbone → embedding → normalized-softmax loss with temperature."""
+"""The non-graph reference: backbone → embedding → normalized softmax (or any loss given)."""
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import Optional
 
-from pygml.config import Config
+from torch import nn
+
 from pygml.losses import NormalizedSoftmaxLoss
-from pygml.methods.base import Method, register_method
-from pygml.models import EmbeddingHead, build_backbone, l2n
+from pygml.methods.learner import MetricLearner
+from pygml.models.heads import EmbeddingHead
 
 
-@register_method("baseline")
-class Baseline(Method):
-    def __init__(self, cfg: Config, num_classes: int) -> None:
-        super().__init__()
-        self.backbone = build_backbone(cfg.model)
-        self.head = EmbeddingHead(self.backbone.out_dim, cfg.model.embedding_dim)
-        self.loss = NormalizedSoftmaxLoss(num_classes, cfg.model.embedding_dim, cfg.baseline.temperature)
+class Baseline(MetricLearner):
+    """Backbone + embedding head + a loss, no graph.
 
-    def embed(self, images: Tensor) -> Tensor:
-        return l2n(self.head(self.backbone(images)))
+    Args:
+        backbone: images → features (with ``out_dim``).
+        num_classes: training classes (for the default loss).
+        embedding_dim: d.
+        temperature: of the default normalized-softmax loss.
+        loss: any ``loss(embeddings, labels)``; ``None`` = :class:`~pygml.losses.NormalizedSoftmaxLoss`.
+        head_init: see :class:`~pygml.models.EmbeddingHead`.
+        loss_lr: learning rate of the loss's parameters (``None`` = the optimiser's).
 
-    def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        loss = self.loss(self.embed(images), labels)
-        return loss, {"loss": loss.detach()}
+    >>> from pygml.models import SmallCNN
+    >>> method = Baseline(SmallCNN(width=8), num_classes=10, embedding_dim=16)
+    """
 
-    def param_groups(self) -> list[dict]:
-        return [
-            {"name": "backbone", "params": [p for p in self.backbone.parameters() if p.requires_grad]},
-            {"name": "head", "params": list(self.head.parameters())},
-            {"name": "classifier", "params": list(self.loss.parameters())},
-        ]
+    def __init__(self, backbone: nn.Module, num_classes: int, embedding_dim: int = 128, temperature: float = 0.05, *,
+                 loss: Optional[nn.Module] = None, head_init: str = "kaiming", loss_lr: Optional[float] = None) -> None:
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        head = EmbeddingHead(backbone.out_dim, embedding_dim, init=head_init)
+        loss = loss if loss is not None else NormalizedSoftmaxLoss(num_classes, embedding_dim, temperature)
+        super().__init__(backbone, loss, embedding_dim, head=head, loss_lr=loss_lr)
+
+
+__all__ = ["Baseline"]

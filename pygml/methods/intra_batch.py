@@ -1,14 +1,14 @@
 """Intra-Batch Connections (Seidenschwarz, Elezi, Leal-Taixé, ICML 2021): methods.md section 1.
 
 Backbone (ResNet-50, global max pooling) → ``Linear(D, 512)`` = f. Two losses, both label-smoothed
-cross-entropies with temperature T:
+cross-entropies with temperature T (:class:`~pygml.losses.ClassifierCELoss`):
 
 * a classifier ``Linear(512, C)`` on the un-normalised f (the backbone loss);
-* the message passing network :class:`~pygml.nn.IntraBatchMPN` on normalize(f) over the batch graph,
-  fully connected with self loops (``intra_batch.k: null``, the paper) or the visual kNN graph
-  (``intra_batch.k: K``, an option the official code does not have). The graph holds only visual
-  edges: the MPN never sees the labels.
+* the message passing network (:class:`~pygml.methods.graphs.IntraBatchGraph`) on normalize(f) over the
+  batch graph, fully connected with self loops (``k=None``, the paper) or the visual kNN graph (``k=K``),
+  then a BatchNorm neck and a bias-free classifier.
 
+Any other loss can take the place of both (``loss=``): the MPN then adds its rows to that loss.
 At test time the MPN is not used: the embedding is normalize(f), one image at a time. The paper's
 supplementary test-time refinement (the MPN over each sample's k-reciprocal neighbourhood in the test
 set) is :func:`refine`.
@@ -16,75 +16,61 @@ set) is :func:`refine`.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pygml.config import Config
-from pygml.graph import VISUAL, batch_graph, edges_of_type
-from pygml.methods.base import Method, register_method
-from pygml.models import build_backbone, l2n
+from pygml.losses import ClassifierCELoss
+from pygml.methods.graphs import IntraBatchGraph
+from pygml.methods.learner import MetricLearner
+from pygml.models.heads import EmbeddingHead, l2n
 from pygml.nn import IntraBatchMPN
 
 
-@register_method("intra_batch")
-class IntraBatch(Method):
-    """Backbone + embedding + classifier, and the MPN over the batch graph (``intra_batch.mpn``)."""
+class IntraBatch(MetricLearner):
+    """Backbone + embedding + classifier loss, and the MPN over the batch graph with its own loss.
 
-    def __init__(self, cfg: Config, num_classes: int) -> None:
-        super().__init__()
-        ib = cfg.intra_batch
-        if ib.temperature <= 0:
-            raise ValueError(f"intra_batch.temperature must be positive, got {ib.temperature}")
-        if not 0.0 <= ib.label_smoothing < 1.0:
-            raise ValueError(f"intra_batch.label_smoothing must be in [0, 1), got {ib.label_smoothing}")
-        dim = cfg.model.embedding_dim
-        self.temperature = ib.temperature
-        self.k = ib.k
-        self.backbone = build_backbone(cfg.model)
-        self.head = nn.Linear(self.backbone.out_dim, dim)
-        self.classifier = nn.Linear(dim, num_classes)
-        self.mpn = (IntraBatchMPN(dim, dim, num_classes, layers=ib.layers, heads=ib.heads, dropout=ib.dropout,
-                                  zero_logit=ib.zero_logit, concat=ib.concat) if ib.mpn else None)
-        self.ce = nn.CrossEntropyLoss(label_smoothing=ib.label_smoothing)
+    Args:
+        backbone: images → features (with ``out_dim``).
+        num_classes: training classes.
+        embedding_dim: d (the paper: 512).
+        temperature, label_smoothing: T and ε of both default losses.
+        layers, heads, dropout, zero_logit, concat: of the MPN (:class:`~pygml.nn.IntraBatchMPN`).
+        mpn: train the MPN and add its loss (the paper); ``False`` = the backbone loss only (ablation).
+        k: ``None`` = fully connected batch graph (the paper); an int = visual kNN graph.
+        loss: replaces the backbone's classifier loss; the MPN's rows then get ``graph_loss`` or a copy.
+        graph_loss: replaces the MPN's classifier loss.
+        head_init: the embedding layer's init (the official code keeps torch's ``Linear`` default).
 
-    def features(self, images: Tensor) -> Tensor:
-        """The un-normalised embedding f, (B, d)."""
-        return self.head(self.backbone(images))
+    >>> from pygml.models import SmallCNN
+    >>> method = IntraBatch(SmallCNN(width=8), num_classes=10, embedding_dim=16)
+    """
 
-    def embed(self, images: Tensor) -> Tensor:
-        return l2n(self.features(images))
-
-    def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        f = self.features(images)
-        loss_backbone = self.ce(self.classifier(f) / self.temperature, labels)
-        logs = {"loss_backbone": loss_backbone.detach()}
-        loss = loss_backbone
-        if self.mpn is not None:
-            x, y = self.gather_rows(l2n(f), labels)
-            graph = batch_graph(x, y, k=self.k, label_edges=False, self_loops=True)
-            _, logits = self.mpn(x, edges_of_type(graph, VISUAL))
-            loss_mpn = self.ce(logits / self.temperature, y)
-            logs["loss_mpn"] = loss_mpn.detach()
-            loss = loss + loss_mpn
-        logs["loss"] = loss.detach()
-        return loss, logs
-
-    def param_groups(self) -> list[dict]:
-        groups = [
-            {"name": "backbone", "params": [p for p in self.backbone.parameters() if p.requires_grad]},
-            {"name": "head", "params": [*self.head.parameters(), *self.classifier.parameters()]},
-        ]
-        if self.mpn is not None:
-            groups.append({"name": "mpn", "params": [p for p in self.mpn.parameters() if p.requires_grad]})
-        return groups
+    def __init__(self, backbone: nn.Module, num_classes: int, embedding_dim: int = 512, temperature: float = 0.2,
+                 label_smoothing: float = 0.1, layers: int = 1, heads: int = 2, dropout: float = 0.1,
+                 mpn: bool = True, k: Optional[int] = None, zero_logit: bool = True, concat: bool = False, *,
+                 loss: Optional[nn.Module] = None, graph_loss: Optional[nn.Module] = None,
+                 head_init: str = "default") -> None:
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        head = EmbeddingHead(backbone.out_dim, embedding_dim, init=head_init)
+        own_losses = loss is None
+        if own_losses:
+            loss = ClassifierCELoss(num_classes, embedding_dim, temperature, label_smoothing)
+        graph = (IntraBatchGraph(embedding_dim, layers, heads, dropout, k=k, zero_logit=zero_logit, concat=concat)
+                 if mpn else None)
+        if own_losses and graph is not None and graph_loss is None:
+            graph_loss = ClassifierCELoss(num_classes, graph.out_channels, temperature, label_smoothing,
+                                          neck=True, bias=False, init_std=1e-3)
+        super().__init__(backbone, loss, embedding_dim, graph=graph, graph_loss=graph_loss, head=head)
 
     def refine(self, embeddings: Tensor, k: int, max_edges: int = 2**16) -> Tensor:
         """Test-time refinement of a whole test set's embeddings; see :func:`refine`."""
-        if self.mpn is None:
-            raise ValueError("test-time refinement needs the MPN, but this model was trained with "
-                             "intra_batch.mpn=false")
-        return refine(self.mpn, embeddings, k, max_edges=max_edges)
+        if self.graph is None:
+            raise ValueError("test-time refinement needs the MPN, but this model was trained with mpn=False")
+        return refine(self.graph.mpn, embeddings, k, max_edges=max_edges)
 
 
 def k_reciprocal_neighbours(x: Tensor, k: int, chunk_size: int = 4096) -> tuple[Tensor, Tensor]:

@@ -245,38 +245,31 @@ class IntraBatchLayer(nn.Module):
 
 
 class IntraBatchMPN(nn.Module):
-    r"""The message passing network of Seidenschwarz et al. (ICML 2021): ``Linear(in, C)``, ``layers``
-    :class:`IntraBatchLayer` s over the batch graph, then a BatchNorm neck (bias frozen at 0) and a
-    bias-free classifier initialised N(0, 0.001²).
+    r"""The message passing network of Seidenschwarz et al. (ICML 2021): ``Linear(in, C)`` then ``layers``
+    :class:`IntraBatchLayer` s over the graph.
 
-    ``forward`` returns ``(h, logits)``: the features the neck receives, (N, C) — the last layer's output,
-    or with ``concat=True`` the concatenation of every layer's output, (N, layers·C), as the released
-    Cars196 config does — and the class logits (N, num_classes) of the neck's output.
+    ``forward`` returns the node features: the last layer's output (N, C), or with ``concat=True`` the
+    concatenation of every layer's output, (N, layers·C), as the released Cars196 config classifies.
+    The paper's head (a BatchNorm neck and a bias-free classifier) is the loss's:
+    :class:`pygml.losses.ClassifierCELoss` with ``neck=True, bias=False, init_std=1e-3``.
     """
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, layers: int = 1, heads: int = 2,
+    def __init__(self, in_channels: int, channels: int, layers: int = 1, heads: int = 2,
                  dropout: float = 0.1, zero_logit: bool = True, concat: bool = False, kernel: str = "auto") -> None:
         super().__init__()
         if layers < 1:
             raise ValueError(f"layers must be at least 1, got {layers}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.concat = concat
+        self.out_channels = channels * layers if concat else channels
         self.lin_in = nn.Linear(in_channels, channels)
         self.layers = nn.ModuleList(IntraBatchLayer(channels, heads, dropout=dropout, zero_logit=zero_logit,
                                                     kernel=kernel) for _ in range(layers))
-        width = channels * layers if concat else channels
-        self.neck = nn.BatchNorm1d(width)
-        self.neck.bias.requires_grad_(False)
-        self.classifier = nn.Linear(width, num_classes, bias=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         self.lin_in.reset_parameters()
         for layer in self.layers:
             layer.reset_parameters()
-        self.neck.reset_parameters()
-        nn.init.normal_(self.classifier.weight, std=1e-3)
 
     def _layer_outputs(self, x: Tensor, edge_index: Adjacency) -> list[Tensor]:
         h = self.lin_in(x)
@@ -290,10 +283,9 @@ class IntraBatchMPN(nn.Module):
         """The node features after the last layer, (N, C): what the test-time refinement uses."""
         return self._layer_outputs(x, edge_index)[-1]
 
-    def forward(self, x: Tensor, edge_index: Adjacency) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, edge_index: Adjacency) -> Tensor:
         outs = self._layer_outputs(x, edge_index)
-        h = torch.cat(outs, dim=1) if self.concat else outs[-1]
-        return h, self.classifier(self.neck(h))
+        return torch.cat(outs, dim=1) if self.concat else outs[-1]
 
 
 __all__ = ["IntraBatchAttention", "IntraBatchLayer", "IntraBatchMPN", "zero_logit_softmax"]

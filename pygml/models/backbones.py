@@ -1,27 +1,28 @@
-"""Backbones and embedding heads.
+"""Backbones: images → pooled features.
 
 Every backbone takes RGB images with values in [0, 1], shape (B, 3, H, W), and returns pooled
 features (B, ``out_dim``). The input normalisation a backbone's weights expect (ImageNet mean/std,
 Caffe-style BGR×255 for BN-Inception) lives inside the backbone, so data pipelines never need to know
 which backbone they feed.
 
-Nothing downloads: ImageNet weights come from a local file given as ``model.pretrained``.
+Nothing downloads: ImageNet weights come from a local file (``pretrained``), read by
+:mod:`pygml.models.weights`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint_sequential
 
-from pygml.config import ModelConfig
+from pygml.models.weights import load_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: the global poolings of :class:`GlobalPool`
+POOLINGS = ("avg", "max", "avgmax")
 
 
 class GlobalPool(nn.Module):
@@ -29,8 +30,8 @@ class GlobalPool(nn.Module):
 
     def __init__(self, mode: str = "avg") -> None:
         super().__init__()
-        if mode not in ("avg", "max", "avgmax"):
-            raise ValueError(f"pooling must be avg, max or avgmax, got {mode!r}")
+        if mode not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {mode!r}")
         self.mode = mode
 
     def forward(self, x: Tensor) -> Tensor:
@@ -61,13 +62,15 @@ class Backbone(nn.Module):
         self.grad_checkpointing = grad_checkpointing
         self.frozen_bn = False
 
-    def freeze_batchnorm(self) -> None:
-        """Keep every BatchNorm in eval mode (running statistics fixed) and its affine parameters fixed."""
+    def freeze_batchnorm(self, train_affine: bool = False) -> None:
+        """Keep every BatchNorm in eval mode (running statistics fixed); its affine parameters are fixed
+        too unless ``train_affine`` (what ProxyGML's official "freeze BN" does: statistics fixed, scale
+        and shift still trained)."""
         self.frozen_bn = True
         for m in self.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 for p in m.parameters():
-                    p.requires_grad_(False)
+                    p.requires_grad_(train_affine)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "Backbone":
@@ -115,48 +118,6 @@ class SmallCNN(Backbone):
         self.out_dim = 8 * w
 
 
-def load_state_dict_file(path: str | Path, what: str) -> dict[str, Tensor]:
-    """Load a checkpoint of weights from a local file with ``weights_only=True``.
-
-    Accepts a bare state dict or one wrapped under ``state_dict`` / ``model``.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"pretrained weights for {what} not found at {path}. pygml never downloads weights: "
-            f"place the checkpoint file there, or set model.pretrained=null to start from random weights."
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the path named
-        raise ValueError(f"could not read pretrained weights {path}: {exc}") from exc
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    return state
-
-
-def load_pretrained(module: nn.Module, path: str | Path, what: str, ignore_prefixes: tuple[str, ...] = ()) -> None:
-    """Load weights into ``module``; every backbone key must be present, classifier keys may be extra."""
-    state = load_state_dict_file(path, what)
-    state = {k.removeprefix("module."): v for k, v in state.items()
-             if not k.removeprefix("module.").startswith(ignore_prefixes)}
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise ValueError(
-            f"weights in {path} do not fit {what}: {len(missing)} missing keys (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
-        )
-    bad = [k for k in own if own[k].shape != state[k].shape]
-    if bad:
-        raise ValueError(f"weights in {path} do not fit {what}: shape mismatch at {bad[:3]}")
-    module.load_state_dict(state)
-
-
 class ResNet50(Backbone):
     """torchvision ResNet-50 without its classifier; 2048-d pooled features."""
 
@@ -166,7 +127,7 @@ class ResNet50(Backbone):
 
         net = resnet50(weights=None)
         if pretrained:
-            load_pretrained(net, pretrained, "torchvision ResNet-50")
+            load_weights(net, pretrained, "torchvision ResNet-50")
         self.stages = nn.Sequential(
             nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool), net.layer1, net.layer2, net.layer3, net.layer4
         )
@@ -182,49 +143,10 @@ class MobileNetV2(Backbone):
 
         net = mobilenet_v2(weights=None)
         if pretrained:
-            load_pretrained(net, pretrained, "torchvision MobileNetV2")
+            load_weights(net, pretrained, "torchvision MobileNetV2")
         self.stages = net.features
         self.out_dim = 1280
 
 
-def build_backbone(cfg: ModelConfig) -> Backbone:
-    """The backbone named by ``cfg.backbone``, with its pretrained weights if a file is given."""
-    kw = dict(pooling=cfg.pooling, grad_checkpointing=cfg.grad_checkpointing)
-    if cfg.backbone == "small_cnn":
-        if cfg.pretrained:
-            raise ValueError("model.backbone=small_cnn has no pretrained weights; set model.pretrained=null")
-        net: Backbone = SmallCNN(cfg.width, **kw)
-    elif cfg.backbone == "resnet50":
-        net = ResNet50(cfg.pretrained, **kw)
-    elif cfg.backbone == "mobilenet_v2":
-        net = MobileNetV2(cfg.pretrained, **kw)
-    elif cfg.backbone == "bninception":
-        from pygml.bninception import BNInception
-
-        net = BNInception(cfg.pretrained, **kw)
-    elif cfg.backbone == "vit_s16":
-        from pygml.vit import ViTSmall16
-
-        net = ViTSmall16(cfg.pretrained, grad_checkpointing=cfg.grad_checkpointing)
-    else:
-        raise ValueError(f"unknown backbone {cfg.backbone!r}")
-    if cfg.frozen_bn:
-        net.freeze_batchnorm()
-    return net
-
-
-class EmbeddingHead(nn.Module):
-    """``Linear(in_dim, dim)``; the normalised output is the embedding."""
-
-    def __init__(self, in_dim: int, dim: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(in_dim, dim)
-        nn.init.kaiming_normal_(self.fc.weight, mode="fan_out")
-        nn.init.zeros_(self.fc.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(x)
-
-
-def l2n(x: Tensor) -> Tensor:
-    return F.normalize(x, dim=-1)
+__all__ = ["Backbone", "GlobalPool", "IMAGENET_MEAN", "IMAGENET_STD", "MobileNetV2", "POOLINGS", "ResNet50",
+           "SmallCNN"]

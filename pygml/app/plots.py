@@ -19,7 +19,8 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torch_geometric.data import Data  # noqa: E402
 
-from pygml.graph import LABEL, VISUAL  # noqa: E402
+from pygml.graph import LABEL, VISUAL, batch_graph  # noqa: E402
+from pygml.inference import embed_dataset  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -129,18 +130,16 @@ def batch_graph_drawing(data: Data, path: str | Path, title: Optional[str] = Non
 
 
 def evaluation_plots(method, splits, metrics: Mapping[str, Mapping[str, float]], out_dir: str | Path, *,
-                     device: torch.device | str = "cpu", batch_size: int = 256, queries: int = 8, top: int = 8,
-                     graph_classes: int = 8, graph_per_class: int = 4, k: int = 4, seed: int = 0) -> list[Path]:
+                     name: str = "method", device: torch.device | str = "cpu", batch_size: int = 256,
+                     queries: int = 8, top: int = 8, graph_classes: int = 8, graph_per_class: int = 4, k: int = 4,
+                     seed: int = 0) -> list[Path]:
     """The figures of ``eval.py --plots``: Recall@K curve, retrieval grid and one batch graph of test data."""
-    from pygml.engine import embed_dataset
-    from pygml.graph import batch_graph
-
     out = Path(out_dir)
-    paths = [recall_curves({f"{method.name} (test)": metrics["test"]}, out / "recall_at_k.png")]
+    paths = [recall_curves({f"{name} (test)": metrics["test"]}, out / "recall_at_k.png")]
     query_ds, gallery_ds = splits.query, splits.gallery or splits.query
-    q, qy = embed_dataset(method, query_ds, batch_size=batch_size, device=device, progress=False)
-    g, gy = (q, qy) if splits.gallery is None else embed_dataset(method, gallery_ds, batch_size=batch_size,
-                                                                   device=device, progress=False)
+    kw = dict(batch_size=batch_size, device=device, progress=False, model=method)
+    q, qy = embed_dataset(method.embed, query_ds, **kw)
+    g, gy = (q, qy) if splits.gallery is None else embed_dataset(method.embed, gallery_ds, **kw)
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(q), size=min(queries, len(q)), replace=False)
     sims = q[picks] @ g.t()

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pygml.models import Backbone, load_state_dict_file
+from pygml.models.backbones import Backbone
+from pygml.models.weights import load_weights
 
 #: BGR means of the Caffe model, on the 0-255 scale
 CAFFE_BGR_MEAN = (104.0, 117.0, 128.0)
@@ -153,28 +154,17 @@ class BNInception(Backbone):
         converted file, are flattened; ``num_batches_tracked`` may be absent. Any other missing,
         unexpected or misshapen key is a :class:`ValueError` naming the file.
         """
-        state = load_state_dict_file(path, "BN-Inception")
         own = self.state_dict()
         by_name = {checkpoint_name(k): k for k in own}
-        loaded: dict[str, Tensor] = {}
-        unexpected, misshapen = [], []
-        for key, value in state.items():
-            key = key.removeprefix("module.")
-            if key.startswith("last_linear."):
-                continue
-            target = key if key in own else by_name.get(key)
-            if target is None:
-                unexpected.append(key)
-                continue
-            if value.dim() == 2 and value.size(0) == 1 and own[target].dim() == 1:
+
+        def to_own(key: str, value: Tensor) -> tuple[str, Tensor]:
+            target = key if key in own else by_name.get(key, key)
+            if value.dim() == 2 and value.size(0) == 1 and target in own and own[target].dim() == 1:
                 value = value.view(-1)
-            if value.shape != own[target].shape:
-                misshapen.append(f"{key} {tuple(value.shape)} vs {tuple(own[target].shape)}")
-            loaded[target] = value
-        missing = [checkpoint_name(k) for k in own if k not in loaded and not k.endswith("num_batches_tracked")]
-        if missing or unexpected or misshapen:
-            raise ValueError(
-                f"weights in {path} do not fit BN-Inception: {len(missing)} missing keys (e.g. {missing[:3]}), "
-                f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}), {len(misshapen)} of the wrong shape "
-                f"(e.g. {misshapen[:3]}); expected the converted bn_inception-52deb4733.pth")
-        self.load_state_dict(loaded, strict=False)
+            return target, value
+
+        load_weights(self, path, "BN-Inception (the converted bn_inception-52deb4733.pth)", key_map=to_own,
+                     ignore_prefixes=("last_linear.",))
+
+
+__all__ = ["BNInception", "CAFFE_BGR_MEAN", "checkpoint_name"]

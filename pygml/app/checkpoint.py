@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pygml.models.weights import fit_state_dict
+
 FORMAT = "pygml-checkpoint"
 VERSION = 1
 
@@ -69,18 +71,9 @@ def load_checkpoint(path: str | Path, method: str | None = None) -> dict[str, An
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
-    """``model.load_state_dict`` with an error that names the checkpoint and the mismatching keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"shape mismatches {shapes[:3]}"
-        )
-    model.load_state_dict(state)
+    """``model.load_state_dict`` after checking every key and shape; a mismatch is a :class:`CheckpointError`
+    naming the checkpoint and the keys."""
+    fit_state_dict(model, state, f"checkpoint {path}", optional=(), error=CheckpointError)
 
 
 def rng_state() -> dict[str, Any]:

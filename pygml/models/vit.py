@@ -2,38 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from torch import Tensor, nn
 
-from pygml.models import Backbone, load_pretrained
+from pygml.models.backbones import Backbone
+from pygml.models.weights import load_weights
 
 
 def _create_vit_small() -> nn.Module:
     try:
         import timm
     except ImportError as exc:
-        raise ImportError("model.backbone=vit_s16 needs timm: pip install pygml[vit]") from exc
+        raise ImportError("the ViT-S/16 backbone needs timm: pip install 'pygml[vit]'") from exc
     # any image side works: the patch grid is padded to a multiple of 16 and the position
     # embeddings are interpolated to it
     return timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0,
                              dynamic_img_size=True, dynamic_img_pad=True)
-
-
-def _load_safetensors(net: nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"pretrained weights for timm ViT-S/16 not found at {path}. pygml never downloads weights: "
-            f"place the checkpoint file there, or set model.pretrained=null to start from random weights."
-        )
-    from safetensors.torch import load_file
-
-    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith("head.")}
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(f"weights in {path} do not fit timm ViT-S/16: {exc}") from None
 
 
 class ViTSmall16(Backbone):
@@ -50,11 +35,7 @@ class ViTSmall16(Backbone):
         super().__init__(grad_checkpointing=grad_checkpointing)
         self.net = _create_vit_small()
         if pretrained:
-            path = Path(pretrained).expanduser()
-            if path.suffix == ".safetensors":
-                _load_safetensors(self.net, path)
-            else:
-                load_pretrained(self.net, path, "timm ViT-S/16", ignore_prefixes=("head.",))
+            load_weights(self.net, pretrained, "timm ViT-S/16", ignore_prefixes=("head.",))
         self.net.set_grad_checkpointing(grad_checkpointing)
         self.out_dim = 384
 

@@ -1,6 +1,6 @@
 """Write ``glyphs_manifest.json``: the fonts, layout, classes and split of :class:`pygml.data.Glyphs`.
 
-Run ``python -m pygml.data.make_glyph_manifest`` on a Debian machine with the packages ``DEBIAN_PACKAGES``
+Run ``python scripts/make_glyph_manifest.py`` on a Debian machine with the packages ``DEBIAN_PACKAGES``
 installed. The rules, applied per variant in this order:
 
 1. **Candidate characters** (``CANDIDATES``): digits, Latin A–Z a–z, Greek capitals and small letters

@@ -1,0 +1,145 @@
+"""Config → library objects: the one place where a run's config becomes datasets, a backbone, a loss, a
+method, an optimiser and an evaluator. A constructor's ``ValueError`` comes out as a
+:class:`~pygml.app.config.ConfigError` naming the config key it came from."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from typing import Any, Callable, Optional
+
+from torch import nn
+
+from pygml.app import builtins  # noqa: F401  (enters the built-in parts in the registries)
+from pygml.app.config import ConfigError
+from pygml.app.pml import pml_loss
+from pygml.app.registry import BACKBONES, DATASETS, LOSSES, METHODS
+from pygml.data import DatasetSplits, build_transforms, carve_validation
+from pygml.evaluation import RetrievalEvaluator, empty_index
+
+
+def construct(section: str, fn: Callable[..., Any], *args: Any, keys: Optional[dict[str, str]] = None,
+              **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``; a ``ValueError`` it raises becomes a :class:`ConfigError` naming the config key
+    of the keyword argument its message names first (``section.<argument>``, or ``keys[argument]``), else
+    ``section``."""
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        message = str(err)
+        found = [(m.start(), k) for k in kwargs for m in [re.search(rf"\b{re.escape(k)}\b", message)] if m]
+        name = min(found)[1] if found else None
+        key = section if name is None else (keys or {}).get(name, f"{section}.{name}")
+        raise ConfigError(f"config key '{key}': {message}") from None
+
+
+def _accepted(fn: Callable[..., Any]) -> Optional[set[str]]:
+    """The keyword names ``fn`` accepts, or ``None`` when it takes ``**kwargs``."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _check_options(section: str, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+    accepted = _accepted(fn)
+    unknown = sorted(set(options) - accepted) if accepted is not None else []
+    if unknown:
+        raise ConfigError(f"config key '{section}.{unknown[0]}' is not an option of {section}; it accepts "
+                          f"{', '.join(sorted(accepted))}")
+
+
+def build_transforms_of(data: Any) -> tuple[Callable, Callable]:
+    """The train and test transforms of a ``data`` section."""
+    return construct("data", build_transforms, data.augmentation, data.image_size, resize_size=data.resize_size,
+                     random_erasing=data.random_erasing, crop_scale=tuple(data.crop_scale),
+                     interpolation=data.interpolation)
+
+
+def build_datasets(cfg: Any, seed: Optional[int] = None) -> DatasetSplits:
+    """The splits of ``cfg.data`` with their transforms; a validation split carved from the training
+    classes when ``data.val_fraction > 0`` (seeded by ``seed``, default ``train.seed``)."""
+    train_tf, test_tf = build_transforms_of(cfg.data)
+    splits = construct("data", DATASETS.get(cfg.data.name).obj, cfg.data, train_tf, test_tf)
+    if cfg.data.val_fraction > 0:
+        if splits.val is not None:
+            raise ConfigError(f"dataset {cfg.data.name!r} has a validation split of its own; set data.val_fraction=0")
+        fraction = cfg.data.val_fraction
+        splits.train, splits.val = construct("data.val_fraction", carve_validation, splits.train, fraction,
+                                             cfg.train.seed if seed is None else seed, test_tf)
+    return splits
+
+
+def build_backbone(model: Any) -> nn.Module:
+    """The backbone of a ``model`` section, its weights loaded, its BatchNorm frozen if asked."""
+    factory = BACKBONES.get(model.backbone).obj
+    values = {"pretrained": model.pretrained, "pooling": model.pooling,
+              "grad_checkpointing": model.grad_checkpointing, "width": model.width}
+    defaults = {f.name: f.default for f in dataclasses.fields(model)}
+    accepted = _accepted(factory)
+    kwargs = {k: v for k, v in values.items() if accepted is None or k in accepted}
+    ignored = [k for k in values if k not in kwargs and values[k] != defaults[k]]
+    if ignored:
+        raise ConfigError(f"config key 'model.{ignored[0]}' is {values[ignored[0]]!r}, but model.backbone="
+                          f"{model.backbone} takes no {ignored[0]}; leave it at its default")
+    net = construct("model", factory, **kwargs)
+    if model.frozen_bn:
+        net.freeze_batchnorm(train_affine=model.frozen_bn_affine)
+    return net
+
+
+def build_loss(loss: Any, miner: Any, num_classes: int, embedding_dim: int) -> Optional[nn.Module]:
+    """The loss a ``loss`` section names, with the ``miner`` of a pytorch-metric-learning loss (``None``
+    when it names none: the method keeps its own)."""
+    if miner.name is not None and not (loss.name or "").startswith("pml:"):
+        raise ConfigError(f"config key 'miner.name' is {miner.name!r}, but a miner needs a pytorch-metric-learning "
+                          f"loss (loss.name=pml:<Class>); loss.name is {loss.name!r}")
+    if loss.name is None:
+        return None
+    options = dict(loss.options)
+    if loss.name.startswith("pml:"):
+        return pml_loss(loss.name, num_classes, embedding_dim, options, miner.name, dict(miner.options))
+    factory = LOSSES.get(loss.name).obj
+    _check_options("loss.options", factory, options)
+    return construct("loss.options", factory, num_classes, embedding_dim, **options)
+
+
+def build_method(cfg: Any, num_classes: int, backbone: Optional[nn.Module] = None) -> nn.Module:
+    """The method ``cfg.method`` for ``num_classes`` training classes, with its config section as keyword
+    arguments, the model's embedding size and head initialisation, and the base loss of ``cfg.loss``."""
+    if num_classes < 2:
+        raise ConfigError(f"a method needs at least 2 training classes; data.name={cfg.data.name} gives {num_classes}")
+    entry = METHODS.get(cfg.method)
+    options = dataclasses.asdict(getattr(cfg, cfg.method)) if entry.options is not None else {}
+    kwargs: dict[str, Any] = {"embedding_dim": cfg.model.embedding_dim, **options}
+    if cfg.model.head_init is not None:
+        kwargs["head_init"] = cfg.model.head_init
+    loss = build_loss(cfg.loss, cfg.miner, num_classes, cfg.model.embedding_dim)
+    if loss is not None:
+        kwargs["loss"] = loss
+    if cfg.loss.lr is not None:
+        kwargs["loss_lr"] = cfg.loss.lr
+    keys = {"embedding_dim": "model.embedding_dim", "head_init": "model.head_init", "loss": "loss.name",
+            "loss_lr": "loss.lr"}
+    accepted = _accepted(entry.obj)
+    for key in ("head_init", "loss", "loss_lr"):
+        if key in kwargs and accepted is not None and key not in accepted:
+            raise ConfigError(f"config key '{keys[key]}' is set, but method {cfg.method} takes no {key}")
+    backbone = backbone if backbone is not None else build_backbone(cfg.model)
+    return construct(cfg.method, entry.obj, backbone, num_classes, keys=keys, **kwargs)
+
+
+def build_evaluator(cfg: Any) -> RetrievalEvaluator:
+    """The shared evaluator with a run's ``eval`` settings; a bad ``eval.search`` is an error here, before
+    any training."""
+    if cfg.eval.search != "exact":
+        construct("eval.search", empty_index, cfg.eval.search, cfg.model.embedding_dim, cfg.eval.metric)
+    return construct("eval", RetrievalEvaluator, recall_at=tuple(cfg.eval.recall_at), metric=cfg.eval.metric,
+                     nmi=cfg.eval.nmi, search=cfg.eval.search, nprobe=cfg.eval.nprobe)
+
+
+__all__ = ["build_backbone", "build_datasets", "build_evaluator", "build_loss", "build_method",
+           "build_transforms_of", "construct"]
