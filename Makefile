@@ -37,7 +37,7 @@ bench: install
 	$(PY) -m bench
 
 results: install
-	$(PY) -m pygml.results --jobs 2 $(RESULTS_BUDGET)
+	$(PY) scripts/results.py --jobs 2 $(RESULTS_BUDGET)
 
 clean:
 	rm -rf runs .pytest_cache

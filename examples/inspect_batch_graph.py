@@ -17,25 +17,24 @@ import networkx as nx
 import torch
 from torch_geometric.utils import degree, homophily, subgraph, to_networkx
 
-from pygml.config import load_config
-from pygml.data import PKSampler, build_datasets, build_transforms
+from pygml.app.builders import build_datasets, build_method
+from pygml.app.config import load_config
+from pygml.data import PKSampler
 from pygml.graph import LABEL, VISUAL, batch_graph, edges_of_type
-from pygml.methods import build_method
 from pygml.nn import SSAConv
 
 
 def load_batch(checkpoint: Optional[str], classes: int, per_class: int, seed: int = 0):
     """Embeddings and labels of one P×K batch of test images, from a checkpoint or an untrained network."""
     if checkpoint:
-        from pygml.evaluate_checkpoint import load_trained
+        from pygml.app.evaluate import load_trained
 
         method, cfg = load_trained(checkpoint)
     else:
         cfg = load_config("configs/baseline/glyphs.yaml")
         torch.manual_seed(seed)
         method = build_method(cfg, num_classes=2)
-    _, test_tf = build_transforms(cfg.data)
-    splits = build_datasets(cfg.data, test_tf, test_tf)
+    splits = build_datasets(cfg)
     batch = next(iter(PKSampler(splits.query.labels, classes, per_class, seed=seed)))
     images = torch.stack([splits.query[i][0] for i in batch])
     labels = torch.as_tensor(splits.query.labels[batch])
@@ -81,7 +80,7 @@ def main() -> None:
     for key, value in inspect(x, y, args.k).items():
         print(f"{key:58s} {value}")
     if args.out:
-        from pygml.plots import batch_graph_drawing
+        from pygml.app.plots import batch_graph_drawing
 
         print("drawn:", batch_graph_drawing(batch_graph(x, y, k=args.k), args.out))
 

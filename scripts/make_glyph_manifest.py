@@ -46,7 +46,11 @@ from fontTools.ttLib import TTFont
 from PIL import __version__ as PILLOW_VERSION
 from PIL import features
 
-from pygml.data.glyphs import (MANIFEST_PATH, VARIANTS, matplotlib_font_dir, open_font, render_glyphs,
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a clone without installing pygml
+    sys.path.insert(0, str(ROOT))
+
+from pygml.data.glyphs import (MANIFEST_PATH, VARIANTS, matplotlib_font_dir, open_font, render_glyphs,  # noqa: E402
                                search_dirs, sha256_file)
 
 CANDIDATES: tuple[int, ...] = (

@@ -1,7 +1,7 @@
 """The results table: every method and its graph-off ablation, several seeds, on the offline datasets.
 
-    python -m pygml.results                      # glyphs + Fashion-MNIST, 3 seeds: writes docs/results.md
-    python -m pygml.results --datasets glyphs --seeds 0 --jobs 2
+    python scripts/results.py                      # glyphs + Fashion-MNIST, 3 seeds: writes docs/results.md
+    python scripts/results.py --datasets glyphs --seeds 0 --jobs 2
 
 Each run is ``train.py`` with a shipped config plus overrides, so every number in the table can be
 reproduced with the command printed beside it. Reported: the **last** epoch on the test classes,
@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a clone without installing pygml
+    sys.path.insert(0, str(ROOT))
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,8 @@ class Job:
 def _execute(job: Job, threads: int) -> dict:
     """Train one run in a fresh process (so runs never share RNG or thread state); return its metrics."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, "train.py", "--config", job.run.config, *job.overrides],
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / job.run.config),
+                           *job.overrides],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"run failed: {job.command}\n{proc.stderr[-3000:]}")
@@ -146,7 +151,7 @@ def markdown_table(table: pd.DataFrame) -> str:
 def write_report(frame: pd.DataFrame, path: str | Path, *, runs: Sequence[Run], extra: Sequence[str] = (),
                  commit: Optional[str] = None, notes: str = "") -> Path:
     """``docs/results.md``: the table per dataset, the exact commands, the commit, plots beside it."""
-    from pygml.plots import recall_curves, training_curves
+    from pygml.app.plots import recall_curves, training_curves
 
     path = Path(path)
     img = path.parent / "img"
@@ -188,7 +193,7 @@ def _commit() -> Optional[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pygml.results", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python scripts/results.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

@@ -195,7 +195,7 @@ def training_step(run: Run, images: Tensor, labels: Tensor, state: RunState, bar
         torch.nn.utils.clip_grad_norm_(run.method.parameters(), run.cfg.optim.clip_grad_norm)
     run.scaler.step(run.optimizer)
     run.scaler.update()
-    for k, v in {"loss": loss, **logs}.items():
+    for k, v in {"loss": loss.detach(), **logs}.items():
         state.sums[k] = state.sums.get(k, 0.0) + float(v)
     state.sums["_n"] = state.sums.get("_n", 0.0) + 1
     return value

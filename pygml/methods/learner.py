@@ -38,7 +38,8 @@ class MetricLearner(Method):
         graph: a :class:`~pygml.methods.graphs.BatchGraphModule`, used in training only.
         graph_loss: the loss of the graph's rows. ``None``: ``loss`` itself when the graph's rows go
             through the head (``graph.on == "features"``: the same embedding space), else a copy of
-            ``loss`` with parameters of its own (the graph's rows live in a space of their own).
+            ``loss`` with parameters of its own (the graph's rows live in a space of their own);
+            ``graph_loss=loss`` shares the base loss in either case.
         backbone_weight, graph_weight: :math:`w_b, w_g`.
         head: the embedding head; ``None`` = :class:`~pygml.models.EmbeddingHead` with ``head_init``.
         head_init: see :class:`~pygml.models.EmbeddingHead`.
@@ -65,9 +66,9 @@ class MetricLearner(Method):
         self.head = head if head is not None else EmbeddingHead(feature_dim, embedding_dim, init=head_init)
         self.loss = loss
         self.graph = graph
-        if graph_loss is loss:
+        if graph_loss is loss:  # asked to share: the graph's rows are scored by the base loss itself
             graph_loss = None
-        if graph is not None and graph_loss is None and graph.on == "embeddings":
+        elif graph is not None and graph_loss is None and graph.on == "embeddings":
             graph_loss = copy.deepcopy(loss)
         self.graph_loss = graph_loss
         self.backbone_weight = backbone_weight
