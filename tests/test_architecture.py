@@ -17,6 +17,7 @@ PACKAGE = ROOT / "pygml"
 ALLOWED = {
     "pygml": {"pygml"},
     "pygml.checks": set(),
+    "pygml.atomic": set(),
     "pygml.neighbors": {"pygml.checks"},
     "pygml.graph": {"pygml.checks", "pygml.neighbors"},
     "pygml.nn": {"pygml.nn", "pygml.checks", "pygml.graph", "pygml.neighbors"},

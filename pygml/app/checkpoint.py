@@ -8,15 +8,14 @@ and a half-written file is never at the checkpoint's path.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pygml.atomic import atomic_path
 from pygml.models.weights import fit_state_dict
 
 FORMAT = "pygml-checkpoint"
@@ -28,27 +27,12 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file + fsync + rename)."""
+    """Write ``state`` to ``path`` atomically (temporary file + fsync + rename, :func:`pygml.atomic.atomic_path`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed
-        stale.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path, method: str | None = None) -> dict[str, Any]:
