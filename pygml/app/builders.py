@@ -15,8 +15,10 @@ from pygml.app import builtins  # noqa: F401  (enters the built-in parts in the 
 from pygml.app.config import ConfigError
 from pygml.app.pml import pml_loss
 from pygml.app.registry import BACKBONES, DATASETS, LOSSES, METHODS
+from pygml.app.reports import log
 from pygml.data import DatasetSplits, build_transforms, carve_validation
 from pygml.evaluation import RetrievalEvaluator, empty_index
+from pygml.models import TimmBackbone
 
 
 def construct(section: str, fn: Callable[..., Any], *args: Any, keys: Optional[dict[str, str]] = None,
@@ -73,11 +75,17 @@ def build_datasets(cfg: Any, seed: Optional[int] = None) -> DatasetSplits:
     return splits
 
 
+#: ``model.backbone`` names of the form ``timm:<name>`` build :class:`~pygml.models.TimmBackbone` ``(name)``
+TIMM_PREFIX = "timm:"
+
+
 def build_backbone(model: Any) -> nn.Module:
-    """The backbone of a ``model`` section, its weights loaded, its BatchNorm frozen if asked."""
-    factory = BACKBONES.get(model.backbone).obj
+    """The backbone of a ``model`` section (a registered name, or ``timm:<name>``), its weights loaded, its
+    BatchNorm frozen if asked."""
+    timm_name = model.backbone[len(TIMM_PREFIX):] if model.backbone.startswith(TIMM_PREFIX) else None
+    factory = TimmBackbone if timm_name is not None else BACKBONES.get(model.backbone).obj
     values = {"pretrained": model.pretrained, "pooling": model.pooling,
-              "grad_checkpointing": model.grad_checkpointing, "width": model.width}
+              "grad_checkpointing": model.grad_checkpointing, "width": model.width, "input_size": model.input_size}
     defaults = {f.name: f.default for f in dataclasses.fields(model)}
     accepted = _accepted(factory)
     kwargs = {k: v for k, v in values.items() if accepted is None or k in accepted}
@@ -85,7 +93,10 @@ def build_backbone(model: Any) -> nn.Module:
     if ignored:
         raise ConfigError(f"config key 'model.{ignored[0]}' is {values[ignored[0]]!r}, but model.backbone="
                           f"{model.backbone} takes no {ignored[0]}; leave it at its default")
-    net = construct("model", factory, **kwargs)
+    named = {"name": timm_name} if timm_name is not None else {}
+    net = construct("model", factory, keys={"name": "model.backbone"}, **named, **kwargs)
+    if isinstance(net, TimmBackbone):
+        log.info(net.describe())
     if model.frozen_bn:
         net.freeze_batchnorm(train_affine=model.frozen_bn_affine)
     return net

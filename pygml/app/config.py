@@ -83,7 +83,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    #: a registered backbone: small_cnn | resnet50 | mobilenet_v2 | bninception | vit_s16 | ...
+    #: a registered backbone: small_cnn | resnet50 | mobilenet_v2 | bninception | vit_s16 | ..., or any timm model
+    #: as ``timm:<name>`` (e.g. ``timm:convnext_tiny``; needs the timm extra)
     backbone: str = "small_cnn"
     #: path to a local checkpoint of ImageNet weights; ``null`` = random init
     pretrained: Optional[str] = None
@@ -100,6 +101,9 @@ class ModelConfig:
     grad_checkpointing: bool = False
     #: width of the small CNN (channels of its first stage)
     width: int = 32
+    #: ``timm:<name>`` backbones: the side the backbone resizes its images to; ``null`` = the input size timm
+    #: declares for the model, 0 = no resizing (models that take any size)
+    input_size: Optional[int] = None
 
     def __post_init__(self) -> None:
         _require("model", [
@@ -107,6 +111,7 @@ class ModelConfig:
             (self.head_init is None or self.head_init in INITS, "head_init", f"null or one of {', '.join(INITS)}"),
             (self.embedding_dim >= 1, "embedding_dim", "a positive size"),
             (self.width >= 1, "width", "a positive number of channels"),
+            (self.input_size is None or self.input_size >= 0, "input_size", "null (timm's), 0 (no resizing) or a side"),
         ], self)
 
 
