@@ -43,9 +43,11 @@ def _require(section: str, checks: list[tuple[bool, str, str]], obj: Any) -> Non
 
 @dataclass
 class DataConfig:
-    #: a registered dataset: glyphs | glyphs_matplotlib | fashion_mnist | digits | cub | cars | sop | inshop | ...
+    #: a registered dataset: glyphs | glyphs_matplotlib | fashion_mnist | digits | cub | cars | sop | inshop |
+    #: folder (your images, one folder per class) | csv (your images, listed by a manifest) | ...
     name: str = "glyphs"
-    #: where the dataset lives (benchmarks) or is cached (glyphs); ``null`` = ``./data/<name>``
+    #: where the dataset lives (benchmarks, folder), is cached (glyphs), or the manifest file (csv: a CSV or
+    #: parquet file path,label[,split]); ``null`` = ``./data/<name>``
     root: Optional[str] = None
     #: train-time augmentation: ``small`` (grey images, light affine jitter) or ``imagenet``
     #: (RandomResizedCrop + flip [+ RandomErasing], the papers' recipes)
@@ -68,6 +70,11 @@ class DataConfig:
     check_counts: bool = True
     #: fraction of the *training classes* held out as a validation split (0 = none)
     val_fraction: float = 0.0
+    #: folder / csv without a test split: fraction of the classes held out as test classes
+    test_fraction: float = 0.5
+    #: folder / csv without a test split: seed of that split of the classes (numpy ``default_rng``); separate
+    #: from ``train.seed``, so runs of several training seeds test on the same classes
+    split_seed: int = 0
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -77,6 +84,7 @@ class DataConfig:
             (self.image_size >= 1, "image_size", "a positive number of pixels"),
             (0.0 <= self.random_erasing <= 1.0, "random_erasing", "a probability in [0, 1]"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction", "a fraction in [0, 1)"),
+            (0.0 < self.test_fraction < 1.0, "test_fraction", "a fraction in (0, 1)"),
             (self.num_workers >= 0, "num_workers", "a number of worker processes >= 0"),
         ], self)
 
