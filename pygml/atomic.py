@@ -31,7 +31,7 @@ def check_folder(path: str | os.PathLike, what: str = "output") -> Path:
         raise FileNotFoundError(f"cannot write the {what} {path}: the folder {path.parent} does not exist; "
                                 "create it first or choose another path")
     if path.is_dir():
-        raise IsADirectoryError(f"cannot write the {what} {path}: it is a folder; give a file name")
+        raise ValueError(f"cannot write the {what} {path}: it is a folder; give a file name")
     return path
 
 

@@ -28,6 +28,8 @@ ALLOWED = {
     "pygml.data": {"pygml.data", "pygml.checks"},
     "pygml.evaluation": {"pygml.evaluation", "pygml.checks"},
     "pygml.inference": {"pygml.checks"},
+    "pygml.search": {"pygml.evaluation", "pygml.atomic", "pygml.checks"},
+    "pygml.export": {"pygml.atomic", "pygml.checks"},
 }
 
 
