@@ -64,25 +64,26 @@ def _natural(name: str) -> list:
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
 
 
-def list_image_tree(root: str | os.PathLike) -> tuple[list[str], list[str]]:
+def list_image_tree(root: str | os.PathLike, *, loose: bool = False) -> tuple[list[str], list[str]]:
     """``(paths, classes)`` of the images under an ImageFolder-style tree, in path order: every image file
     below ``root/<class>/`` (at any depth), its class the name of that first-level folder. An image lying
-    directly in ``root`` is a ``ValueError``; a tree without images, a ``FileNotFoundError``."""
+    directly in ``root`` is a ``ValueError`` (with ``loose=True``, listed with the class ``""``); a tree
+    without images, a ``FileNotFoundError``."""
     root = Path(root)
     paths: list[str] = []
     classes: list[str] = []
-    loose: list[str] = []
+    outside: list[str] = []
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         relative = Path(folder).relative_to(root)
         for name in sorted(f for f in files if is_image_file(f)):
-            if not relative.parts:
-                loose.append(name)
+            if not relative.parts and not loose:
+                outside.append(name)
                 continue
             paths.append(os.path.join(folder, name))
-            classes.append(relative.parts[0])
-    if loose:
-        raise ValueError(f"{len(loose)} images lie directly in {root} (e.g. {loose[0]}), outside any class folder; "
+            classes.append(relative.parts[0] if relative.parts else "")
+    if outside:
+        raise ValueError(f"{len(outside)} images lie directly in {root} (e.g. {outside[0]}), outside any class folder; "
                          f"an image folder holds one folder of images per class: {root}/<class>/<image>")
     if not paths:
         raise FileNotFoundError(f"no images found under {root}: expected {root}/<class>/<image> with images ending "

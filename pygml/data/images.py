@@ -29,6 +29,7 @@ class CorruptImageError(ValueError):
         super().__init__(f"cannot read image {path}: {reason}. Replace or delete the file, "
                          "or set data.skip_corrupt=true (skip_corrupt=True) to drop corrupt images")
         self.path = path
+        self.reason = reason
 
 
 def decode_image(path: str, *, full: bool = True) -> Image.Image:
