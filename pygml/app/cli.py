@@ -98,6 +98,8 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
                         help="Intra-Batch only: refine test embeddings with the MPN over each query's "
                              "k-reciprocal neighbourhood of size K (the paper's supplementary)")
     parser.add_argument("--plots", metavar="DIR", help="also write plots (Recall@K curve, retrieval grid) to DIR")
+    parser.add_argument("--report", metavar="DIR", help="also write an HTML report to DIR/index.html (metrics, Recall@K "
+                        "curve, retrieval examples, worst queries, config; opens offline)")
     _common(parser)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="overrides of the stored config, e.g. data.root=/data/CUB_200_2011")
@@ -118,6 +120,11 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{result['method']} checkpoint {args.checkpoint}, test split of {result['data']}:")
         print(metrics_table(result["metrics"]["test"]))
         log.info("written: %s, %s", out / "eval_metrics.json", out / "eval_metrics.csv")
+        if args.report:
+            from pygml.app.report_html import evaluation_report
+
+            log.info("report: %s", evaluation_report(args.checkpoint, args.overrides, result["metrics"], args.report,
+                                                     device=args.device))
         return 0
 
     return _run(body)
