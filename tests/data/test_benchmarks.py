@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pygml.config import DataConfig
 from pygml.data.base import DatasetSplits
 from pygml.data.benchmarks import (
     CUB200,
@@ -15,7 +14,7 @@ from pygml.data.benchmarks import (
     CorruptImageError,
     InShop,
     StanfordOnlineProducts,
-    build_benchmark,
+    benchmark_splits,
     read_cars_annotations,
     write_cars_text_list,
 )
@@ -193,25 +192,34 @@ def test_inshop_query_and_gallery_share_labels(tmp_path, where):
             _assert_colour(image, int(ds.class_names[label][3:]))
 
 
-def test_build_benchmark_from_config(tmp_path, monkeypatch):
+def test_benchmark_splits(tmp_path):
     make_cub(tmp_path / "somewhere")
-    splits = build_benchmark(DataConfig(name="cub", root=str(tmp_path / "somewhere"), check_counts=False), None, str)
+    splits = benchmark_splits("cub", tmp_path / "somewhere", None, str, check_counts=False)
     assert isinstance(splits, DatasetSplits) and splits.gallery is None and splits.val is None
     assert len(splits.train) == len(splits.query) == 6
     assert splits.train.transform is None and splits.query.transform is str
+    assert splits.train.split == "train" and splits.query.split == "test"
 
     make_inshop(tmp_path / "data" / "inshop")
-    monkeypatch.chdir(tmp_path)
-    splits = build_benchmark(DataConfig(name="inshop", check_counts=False), None, None)
+    splits = benchmark_splits("inshop", str(tmp_path / "data" / "inshop"), None, None, check_counts=False)
     assert (len(splits.train), len(splits.query), len(splits.gallery)) == (3, 3, 3)
-    with pytest.raises(ValueError, match="not a benchmark"):
-        build_benchmark(DataConfig(name="glyphs"), None, None)
+    assert (splits.query.split, splits.gallery.split) == ("query", "gallery")
+    with pytest.raises(ValueError, match="'glyphs' is not a benchmark; expected one of cub, cars, sop, inshop"):
+        benchmark_splits("glyphs", tmp_path, None, None)
 
 
-def test_build_benchmark_checks_counts_by_default(tmp_path):
+def test_benchmark_splits_passes_skip_corrupt_to_every_split(tmp_path):
+    make_cub(tmp_path)
+    Path(CUB200(tmp_path, "test", check_counts=False).paths[0]).write_bytes(b"broken")
+    with pytest.warns(UserWarning, match="skipped 1 of 6 images"):
+        splits = benchmark_splits("cub", tmp_path, None, None, check_counts=False, skip_corrupt=True)
+    assert (len(splits.train), len(splits.query)) == (6, 5)
+
+
+def test_benchmark_splits_checks_counts_by_default(tmp_path):
     make_sop(tmp_path)
     with pytest.raises(ValueError, match=r"expected 59,551 images of 11,318 classes, found 4 images of 3 classes"):
-        build_benchmark(DataConfig(name="sop", root=str(tmp_path)), None, None)
+        benchmark_splits("sop", tmp_path, None, None)
 
 
 @pytest.mark.parametrize("cls, make, expect", [

@@ -9,7 +9,6 @@ from PIL import Image
 import pygml.data.glyphs as glyphs
 from pygml.data.glyphs import (GlyphFontsError, Glyphs, load_manifest, locate_fonts, matplotlib_font_dir,
                                parse_code_point, render_glyphs, sha256_file, variant_manifest)
-from pygml.data.make_glyph_manifest import coincidence_fractions, relative_difference
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +121,9 @@ def test_no_two_classes_coincide(full):
     assert fraction.max() < 0.5, f"{chr(classes[worst[0]])} / {chr(classes[worst[1]])} coincide in {fraction.max():.0%}"
 
 
-def test_glyphs_keep_their_natural_size(full):
+def test_glyphs_keep_their_natural_size(full, load_script):
     """o and O of one font are different images: same baseline, O taller (no per-glyph stretching)."""
-    train, test = full
+    relative_difference = load_script("make_glyph_manifest").relative_difference
     both = {}
     for ds in full:
         f = ds.font_names.index("DejaVuSans.ttf")
@@ -220,27 +219,6 @@ def test_bad_arguments():
         Glyphs("unused", "val")
     with pytest.raises(ValueError, match="variant"):
         variant_manifest("system")
-
-
-def test_relative_difference_and_coincidence_by_hand():
-    a = np.zeros((4, 4), np.uint8)
-    a[1:3, 1:3] = 200                       # ink 800
-    b = a.copy()
-    b[1, 1] = 100                           # differs by 100
-    assert relative_difference(a, a) == 0
-    assert relative_difference(a, b) == pytest.approx(100 / 1500)
-    assert relative_difference(np.zeros((4, 4)), np.zeros((4, 4))) == 0
-    c = np.zeros((4, 4), np.uint8)
-    c[0, :] = 255
-    # 3 fonts x 3 classes; class 2 is missing in font 2
-    images = np.stack([np.stack([a, a, c]), np.stack([a, b, c]), np.stack([a, c, np.zeros_like(a)])])
-    present = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 0]], bool)
-    shared, fraction = coincidence_fractions(images, present, tolerance=0.05)
-    assert shared[0, 1] == 3 and shared[0, 2] == 2 and shared[1, 2] == 2
-    assert fraction[0, 1] == pytest.approx(1 / 3)   # identical in font 0 only (b differs by 6.7 % of the ink)
-    assert fraction[0, 2] == 0 and fraction[2, 2] == 1
-    _, loose = coincidence_fractions(images, present, tolerance=0.1)
-    assert loose[0, 1] == pytest.approx(2 / 3)
 
 
 def test_cache_write_is_atomic_and_a_broken_cache_is_replaced(tmp_path):

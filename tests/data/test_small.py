@@ -5,11 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from pygml.config import DataConfig
-from pygml.data import (ClassSubset, DatasetSplits, Digits, FashionMNIST, Glyphs, build_datasets, build_transforms,
-                        carve_validation)
+from pygml.data import ClassSubset, Digits, FashionMNIST, carve_validation
 from pygml.data.small import FASHION_MNIST_ROOT, read_idx
 
 FMNIST = Path(FASHION_MNIST_ROOT)
@@ -130,9 +127,13 @@ def test_carve_validation_holds_out_training_classes():
     assert len(others) > 1, "the seed chooses the held-out classes"
 
 
-@pytest.mark.parametrize("fraction", [0.0, 1.0, 0.9, -0.1])
-def test_carve_validation_bad_fraction(fraction):
-    with pytest.raises(ValueError, match="val_fraction"):
+@pytest.mark.parametrize("fraction, match", [
+    (0.0, r"fraction must be in \(0, 1\)"), (1.0, r"fraction must be in \(0, 1\)"),
+    (-0.1, r"fraction must be in \(0, 1\)"),
+    (0.9, "a validation fraction of 0.9 of 5 training classes leaves 1 for training"),
+])
+def test_carve_validation_bad_fraction(fraction, match):
+    with pytest.raises(ValueError, match=match):
         carve_validation(Digits("train"), fraction)
 
 
@@ -142,30 +143,3 @@ def test_class_subset_rejects_bad_classes():
         ClassSubset(train, [0, 7], "train")
     with pytest.raises(ValueError, match="distinct"):
         ClassSubset(train, [1, 1], "train")
-
-
-def test_build_datasets_digits_with_validation():
-    cfg = DataConfig(name="digits", image_size=16, val_fraction=0.4)
-    splits = build_datasets(cfg, *build_transforms(cfg))
-    assert isinstance(splits, DatasetSplits) and splits.gallery is None
-    assert splits.train.num_classes == 3 and splits.val.num_classes == 2 and splits.query.num_classes == 5
-    x, y = splits.val[0]
-    assert isinstance(x, torch.Tensor) and x.shape == (3, 16, 16)
-    torch.manual_seed(0)
-    a = splits.val[5][0]
-    torch.manual_seed(1)
-    assert torch.equal(a, splits.val[5][0]), "validation images get the deterministic test transform"
-
-
-def test_build_datasets_glyphs_matplotlib(tmp_path):
-    cfg = DataConfig(name="glyphs_matplotlib", root=str(tmp_path))
-    splits = build_datasets(cfg, *build_transforms(cfg))
-    assert isinstance(splits.train, Glyphs) and splits.train.variant == "matplotlib"
-    assert splits.query.split == "test" and splits.val is None
-    assert splits.train[0][0].shape == (3, 32, 32)
-    assert list(tmp_path.glob("glyphs-matplotlib-*.npz"))
-
-
-def test_build_datasets_unknown_name():
-    with pytest.raises(ValueError, match="data.name='mnist'"):
-        build_datasets(DataConfig(name="mnist"), None, None)
