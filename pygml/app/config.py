@@ -38,7 +38,10 @@ def _require(section: str, checks: list[tuple[bool, str, str]], obj: Any) -> Non
     """Raise a :class:`ConfigError` for the first failed ``(ok, key, what is expected)``."""
     for ok, key, expected in checks:
         if not ok:
-            raise ConfigError(f"config key '{section}.{key}' is {getattr(obj, key)!r}; expected {expected}")
+            value = getattr(obj, key)
+            note = (" (YAML reads yes/no/on/off/true/false as a boolean: write one of the names)"
+                    if value in ("True", "False") else "")
+            raise ConfigError(f"config key '{section}.{key}' is {value!r}{note}; expected {expected}")
 
 
 @dataclass
@@ -395,7 +398,11 @@ def _merge(base: DictConfig, layers: list[DictConfig], overrides: list[str] | tu
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         msg = str(getattr(exc, "msg", exc)).splitlines()[0]
-        raise ConfigError(f"bad config{where}: key '{key}': {msg}") from None
+        if "is not a ListConfig" in msg:
+            msg = "expected a list, e.g. [1, 2, 4, 8]"
+        typed = [item for item in overrides if item.split("=", 1)[0] == key]
+        typed_note = f" (typed: {typed[-1]})" if typed else ""
+        raise ConfigError(f"bad config{where}: key '{key}'{typed_note}: {msg}") from None
     _check_names(cfg)
     return cfg
 
