@@ -42,6 +42,7 @@ from pygml.app.reports import environment, log, search_record
 from pygml.data import DatasetSplits, PKSampler
 from pygml.evaluation import RetrievalEvaluator
 from pygml.methods import Method
+from pygml.models.weights import check_weights_file
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -114,6 +115,8 @@ def setup(cfg: Any) -> Run:
         torch.use_deterministic_algorithms(True)
     seed_everything(cfg.train.seed + dist_info.rank)
     evaluator = build_evaluator(cfg)  # a bad eval setting is an error now, not after training
+    if cfg.model.pretrained:  # before the data, which may take long to read
+        check_weights_file(cfg.model.pretrained, f"model.backbone={cfg.model.backbone}")
     splits = build_datasets(cfg)
     check_recall_at(cfg, splits)
     if dist_info.is_main:
