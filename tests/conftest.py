@@ -118,6 +118,19 @@ def load_script():
     return load
 
 
+@pytest.fixture(autouse=True)
+def _no_cli_log_handler():
+    """The command-line tools attach a handler to the ``pygml`` logger that writes to the ``sys.stderr`` of the
+    moment (a test's capture); it is taken off after each test, so a later test never writes to a closed one."""
+    import logging
+
+    yield
+    logger = logging.getLogger("pygml")
+    for handler in [h for h in logger.handlers if getattr(h, "_pygml", False)]:
+        logger.removeHandler(handler)
+    logger.propagate = True
+
+
 @pytest.fixture
 def restore_registries():
     """Undo what a test adds to the registries, ``sys.path`` and ``sys.modules`` (a user module imported
