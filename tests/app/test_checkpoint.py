@@ -1,10 +1,14 @@
+"""pygml.app.checkpoint: atomic writes, weights-only reads, foreign and truncated files, state that does not
+fit the model, and the random generators a resumed run needs."""
+
 import random
 
 import numpy as np
 import pytest
 import torch
 
-from pygml.checkpoint import CheckpointError, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from pygml.app.checkpoint import (CheckpointError, load_checkpoint, load_model_state, rng_state, save_checkpoint,
+                                  set_rng_state)
 
 
 def test_round_trip_and_weights_only(tmp_path):
@@ -49,10 +53,20 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_model_state_mismatch_names_keys(tmp_path):
     model = torch.nn.Linear(3, 2)
-    with pytest.raises(CheckpointError, match="shape mismatches"):
+    with pytest.raises(CheckpointError, match=r"checkpoint x\.pt does not fit Linear: 0 missing keys .* 1 of another "
+                                              r"shape \(e\.g\. \[\"weight: \(4, 3\) vs the model's \(2, 3\)\"\]\)"):
         load_model_state(model, {"weight": torch.zeros(4, 3), "bias": torch.zeros(2)}, "x.pt")
-    with pytest.raises(CheckpointError, match="missing"):
+    with pytest.raises(CheckpointError, match=r"checkpoint x\.pt does not fit Linear: 1 missing keys \(e\.g\. \['bias'\]\)"):
         load_model_state(model, {"weight": torch.zeros(2, 3)}, "x.pt")
+    with pytest.raises(CheckpointError, match=r"1 unexpected keys \(e\.g\. \['extra'\]\)"):
+        load_model_state(model, {**model.state_dict(), "extra": torch.zeros(1)}, "x.pt")
+    bn = torch.nn.BatchNorm1d(2)
+    state = {k: v for k, v in bn.state_dict().items() if k != "num_batches_tracked"}
+    with pytest.raises(CheckpointError, match=r"\['num_batches_tracked'\]"):  # a checkpoint holds every key
+        load_model_state(bn, state, "x.pt")
+    weight = torch.randn(2, 3)
+    load_model_state(model, {"weight": weight, "bias": torch.ones(2)}, "x.pt")
+    assert torch.equal(model.weight, weight) and torch.equal(model.bias, torch.ones(2))
 
 
 def test_rng_state_restores_every_generator(tmp_path):

@@ -13,12 +13,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pygml.config import load_config
-from pygml.distributed import SyncBatchNorm, all_gather_with_grad, convert_sync_batchnorm, gather_rows, shard
-from pygml.engine import build_evaluator, build_optimizer, embed_dataset, evaluate_splits
-from pygml.methods import build_method
+from pygml.app.builders import build_evaluator, build_method
+from pygml.app.config import load_config
+from pygml.app.distributed import SyncBatchNorm, all_gather_with_grad, convert_sync_batchnorm, gather_rows, shard
+from pygml.app.evaluate import embed_split, evaluate_splits
+from pygml.app.optim import build_optimizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES, STEPS, HALF = 4, 3, 8
 # frozen BatchNorm: batch statistics are per process under DDP, as in the papers' multi-GPU code
 COMMON = ["model.width=4", "model.embedding_dim=8", "model.frozen_bn=true", "optim.name=sgd", "optim.lr=0.1",
@@ -111,7 +112,7 @@ def test_torchrun_two_processes_end_to_end(tmp_path):
     def run(args):
         proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc.stdout
+        return proc
 
     run(torchrun + ["--master_port", str(_free_port()), str(ROOT / "train.py"),
                     "method=intra_batch", "train.cross_rank_graph=true", "train.sync_batchnorm=true",
@@ -121,9 +122,10 @@ def test_torchrun_two_processes_end_to_end(tmp_path):
                     f"train.out_dir={out}"])
     assert (out / "checkpoint.pt").exists() and (out / "metrics.json").exists()
     trained = json.loads((out / "metrics.json").read_text())["test"]
-    stdout = run(torchrun + ["--master_port", str(_free_port()), str(ROOT / "eval.py"),
-                             "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "two")])
-    assert stdout.count("written:") == 1  # rank 0 alone reports
+    proc = run(torchrun + ["--master_port", str(_free_port()), str(ROOT / "eval.py"),
+                           "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "two")])
+    # rank 0 alone reports: the table on stdout, the files written in the log (stderr)
+    assert proc.stdout.count("test split of digits") == 1 and proc.stderr.count("written:") == 1
     run([sys.executable, str(ROOT / "eval.py"), "--checkpoint", str(out / "checkpoint.pt"), "--out",
          str(tmp_path / "one")])
     two = json.loads((tmp_path / "two" / "eval_metrics.json").read_text())["test"]
@@ -181,7 +183,7 @@ def _evaluate(overrides, rank: int = 0, world: int = 1) -> dict:
     torch.manual_seed(0)
     cfg = load_config(None, COMMON + overrides)
     method = build_method(cfg, NUM_CLASSES)
-    emb, labels = embed_dataset(method, _Images(37), batch_size=4, progress=False, sharded=True)
+    emb, labels = embed_split(method, _Images(37), batch_size=4, progress=False, sharded=True)
     metrics = evaluate_splits(method, _Splits(37), build_evaluator(cfg), batch_size=4, device=torch.device("cpu"),
                               progress=False, homophily=(2, 2))
     if rank != 0:

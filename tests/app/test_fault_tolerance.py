@@ -12,21 +12,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from pygml.checkpoint import load_checkpoint
+from pygml.app.checkpoint import load_checkpoint
 
-pytest.importorskip("sklearn", reason="the digits dataset comes with scikit-learn (a dev dependency)")
-
-ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["data.name=digits", "data.image_size=16", "model.width=8", "model.embedding_dim=16",
-        "train.classes_per_batch=4", "train.samples_per_class=4", "train.max_steps_per_epoch=8", "train.epochs=3",
-        "train.checkpoint_every_steps=1", "train.progress=false", "eval.recall_at=[1]", "eval.nmi=false",
-        "train.eval_test_every_epoch=false"]
+ROOT = Path(__file__).resolve().parents[2]
+#: on top of the tiny run: 3 epochs of 8 steps, a checkpoint after every step
+EXTRA = ["train.max_steps_per_epoch=8", "train.epochs=3", "train.checkpoint_every_steps=1", "eval.recall_at=[1]",
+         "train.eval_test_every_epoch=false"]
 
 
-def _train(out: Path, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *ARGS, f"train.out_dir={out}", *extra],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def launch(tiny_overrides):
+    def start(out: Path, *extra: str) -> subprocess.Popen:
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *tiny_overrides, *EXTRA, f"train.out_dir={out}",
+                                 *extra], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    return start
 
 
 def _finish(proc: subprocess.Popen) -> None:
@@ -34,14 +35,14 @@ def _finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, err[-2000:]
 
 
-def test_sigkill_at_a_random_step_then_resume(tmp_path):
+def test_sigkill_at_a_random_step_then_resume(tmp_path, launch):
     full = tmp_path / "full"
-    _finish(_train(full))
+    _finish(launch(full))
     reference = load_checkpoint(full / "checkpoint.pt")
 
     target = random.Random().randint(2, 20)  # of 24 steps
     killed = tmp_path / "killed"
-    proc = _train(killed)
+    proc = launch(killed)
     ckpt = killed / "checkpoint.pt"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -57,7 +58,7 @@ def test_sigkill_at_a_random_step_then_resume(tmp_path):
     state = load_checkpoint(ckpt)  # whatever instant the kill came, the file on disk is whole
     assert state["run"]["global_step"] < 24
 
-    _finish(_train(killed, "--resume"))
+    _finish(launch(killed, "--resume"))
     resumed = load_checkpoint(ckpt)
     assert resumed["run"]["global_step"] == reference["run"]["global_step"] == 24
     for key, value in reference["model"].items():
