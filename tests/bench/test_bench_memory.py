@@ -1,23 +1,20 @@
 """The memory benchmark's estimate: tracing a step without data counts what running it counts."""
 
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("torch.distributed._tools.mem_tracker")
 
 
 @pytest.fixture
-def bench_memory(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT))  # the repository root holds bench/
+def bench_memory(repo_root, monkeypatch):
+    monkeypatch.syspath_prepend(str(repo_root))  # the repository root holds bench/
     import bench.bench_memory as module
 
     return module
 
 
 def test_fake_trace_counts_the_bytes_of_a_real_step(bench_memory):
-    from pygml.config import load_config
+    from pygml.app.config import load_config
 
     for frozen in ("false", "true"):
         cfg = load_config(None, ["model.backbone=small_cnn", "model.width=8", f"model.frozen_bn={frozen}",
