@@ -1,6 +1,7 @@
 """Peak memory of one training step of each method at its paper's batch size and image size.
 
-Settings, from the shipped configs ``<method>/<dataset>`` (``pygml/configs``) (random weights: memory does not depend on them):
+Settings, from the shipped configs ``<method>/<dataset>`` (``pygml/configs``; random weights: memory does not
+depend on them):
 
 * Intra-Batch, CUB (P×K = 6×9 = 54) and SOP (15×6 = 90): ResNet-50 at 227², MPN on the full graph;
 * ProxyGML, CUB: BN-Inception at 224², 32 images, 100 × 12 proxies (after the warm-up epoch);

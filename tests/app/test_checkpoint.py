@@ -56,7 +56,8 @@ def test_model_state_mismatch_names_keys(tmp_path):
     with pytest.raises(CheckpointError, match=r"checkpoint x\.pt does not fit Linear: 0 missing keys .* 1 of another "
                                               r"shape \(e\.g\. \[\"weight: \(4, 3\) vs the model's \(2, 3\)\"\]\)"):
         load_model_state(model, {"weight": torch.zeros(4, 3), "bias": torch.zeros(2)}, "x.pt")
-    with pytest.raises(CheckpointError, match=r"checkpoint x\.pt does not fit Linear: 1 missing keys \(e\.g\. \['bias'\]\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"checkpoint x\.pt does not fit Linear: 1 missing keys \(e\.g\. \['bias'\]\)"):
         load_model_state(model, {"weight": torch.zeros(2, 3)}, "x.pt")
     with pytest.raises(CheckpointError, match=r"1 unexpected keys \(e\.g\. \['extra'\]\)"):
         load_model_state(model, {**model.state_dict(), "extra": torch.zeros(1)}, "x.pt")

@@ -1,5 +1,6 @@
-"""Every shipped YAML (pygml/configs, ``configs/`` of a clone) loads, holds the values its comments cite, and builds its method (with
-the shipped backbone where it is cheap, a small CNN standing in for ResNet-50 and BN-Inception)."""
+"""Every shipped YAML (pygml/configs, ``configs/`` of a clone) loads, holds the values its comments cite,
+and builds its method (with the shipped backbone where it is cheap, a small CNN standing in for ResNet-50
+and BN-Inception)."""
 
 from pathlib import Path
 

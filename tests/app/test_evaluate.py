@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from pygml.app.evaluate import batch_homophily, embed_split, evaluate_checkpoint, load_trained, select_device
-from pygml.app.engine import train
 from pygml.app.checkpoint import load_checkpoint
+from pygml.app.engine import train
+from pygml.app.evaluate import batch_homophily, embed_split, evaluate_checkpoint, load_trained, select_device
 from pygml.methods import Baseline
 from pygml.models import SmallCNN
 

@@ -24,8 +24,9 @@ EXTRA = ["train.max_steps_per_epoch=8", "train.epochs=3", "train.checkpoint_ever
 def launch(tiny_overrides):
     def start(out: Path, *extra: str) -> subprocess.Popen:
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *tiny_overrides, *EXTRA, f"train.out_dir={out}",
-                                 *extra], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        args = [*tiny_overrides, *EXTRA, f"train.out_dir={out}", *extra]
+        return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     return start
 

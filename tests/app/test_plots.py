@@ -1,7 +1,6 @@
 """pygml.app.plots: every figure is a PNG a person can open; evaluation_plots draws a trained method's."""
 
 import pandas as pd
-import pytest
 import torch
 from PIL import Image
 

@@ -5,7 +5,6 @@ import logging
 import sys
 
 import pandas as pd
-import pytest
 
 from pygml.app.reports import environment, log, metrics_frame, metrics_table, setup_logging
 

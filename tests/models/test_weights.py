@@ -72,7 +72,8 @@ def test_fit_state_dict_mismatches_name_the_source_and_the_keys():
                                                    r"\(e\.g\. \['2\.bias'\]\), 0 unexpected"):
         fit_state_dict(_net(), missing, "weights in w.pth")
     extra = {**state, "head.weight": torch.zeros(1)}
-    with pytest.raises(WeightsMismatchError, match=r"0 missing keys .* 1 unexpected keys \(e\.g\. \['head\.weight'\]\)"):
+    with pytest.raises(WeightsMismatchError,
+                       match=r"0 missing keys .* 1 unexpected keys \(e\.g\. \['head\.weight'\]\)"):
         fit_state_dict(_net(), extra, "test")
     shaped = {**state, "0.weight": torch.zeros(5, 3)}
     with pytest.raises(WeightsMismatchError, match=r"0 missing keys .* 1 of another shape "
