@@ -43,7 +43,8 @@ CHUNK_BYTES = 256 * 2**20
 
 @torch.no_grad()
 def knn(query: Tensor, k: int, reference: Optional[Tensor] = None, *, metric: str = "cosine",
-        exclude_self: bool = False, chunk_size: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        exclude_self: bool = False, exclude: Optional[Tensor] = None,
+        chunk_size: Optional[int] = None) -> tuple[Tensor, Tensor]:
     r"""The ``k`` reference rows most similar to each query row, exhaustively.
 
     Row :math:`i` of the answer lists the reference rows :math:`j` by decreasing similarity
@@ -58,6 +59,8 @@ def knn(query: Tensor, k: int, reference: Optional[Tensor] = None, *, metric: st
         metric: ``"cosine"`` (inner product of L2-normalised rows) or ``"euclidean"`` (negative
             squared distance); see the module docstring.
         exclude_self: leave each row's own index out of its list; needs ``reference=None``.
+        exclude: (N,) int64, the reference row to leave out of each query row's list, by index (e.g.
+            the queries' own rows when they are some rows of the reference); needs a ``reference``.
         chunk_size: query rows per block of similarities; ``None`` = about :data:`CHUNK_BYTES` per block.
 
     Returns:
@@ -78,14 +81,23 @@ def knn(query: Tensor, k: int, reference: Optional[Tensor] = None, *, metric: st
             raise ValueError(f"query has {query.size(1)} columns but reference has {reference.size(1)}")
         if exclude_self:
             raise ValueError("exclude_self=True leaves out each query row's own index, so it needs reference=None "
-                             "(the query searched within itself)")
+                             "(the query searched within itself); to leave out given rows, pass exclude")
+    if exclude is not None:
+        if reference is None:
+            raise ValueError("exclude names rows of a reference: pass reference (or exclude_self=True without one)")
+        if exclude.shape != (query.size(0),) or exclude.dtype != torch.long:
+            raise ValueError(f"exclude must be int64 of shape ({query.size(0)},), one reference row per query row, "
+                             f"got {exclude.dtype} {tuple(exclude.shape)}")
+        exclude = exclude.to(query.device)
+    elif exclude_self:
+        exclude = torch.arange(query.size(0), device=query.device)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     n, m = query.size(0), ref.size(0)
-    candidates = m - int(exclude_self)
+    candidates = m - int(exclude is not None)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= candidates:
         searched = f"{m} reference rows" if reference is not None else f"{m} rows searched within themselves"
-        searched += ", each row's own index excluded" if exclude_self else ""
+        searched += ", each row's own index excluded" if exclude is not None else ""
         raise ValueError(f"k must be an int in [1, {candidates}] for {searched}; got {k!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
@@ -96,7 +108,6 @@ def knn(query: Tensor, k: int, reference: Optional[Tensor] = None, *, metric: st
         q = F.normalize(q, dim=1)
         r = q if reference is None else F.normalize(r, dim=1)
     rows = chunk_size or max(1, CHUNK_BYTES // (m * q.element_size()))
-    fetch = k + int(exclude_self)  # a row's own index is dropped from a list one longer
     values = torch.empty(n, k, dtype=q.dtype, device=q.device)
     indices = torch.empty(n, k, dtype=torch.long, device=q.device)
     for start in range(0, n, rows):
@@ -105,11 +116,21 @@ def knn(query: Tensor, k: int, reference: Optional[Tensor] = None, *, metric: st
             sim = q[start:stop] @ r.t()
         else:
             sim = torch.cdist(q[start:stop], r).pow_(2).neg_()
-        top_values, top_indices = _top_k(sim, fetch)
-        if exclude_self:
-            top_values, top_indices = _without_own(top_values, top_indices, start)
-        values[start:stop], indices[start:stop] = top_values, top_indices
+        excluded = None if exclude is None else exclude[start:stop]
+        values[start:stop], indices[start:stop] = top_k(sim, k, exclude=excluded)
     return values, indices
+
+
+def top_k(similarities: Tensor, k: int, *, exclude: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest entries of each row of a similarity matrix (N, M) and their columns, by :func:`knn`'s
+    rule: decreasing value, equal values by increasing column (also across the k-th place). ``exclude`` (N,)
+    names a column to leave out of each row's list, by index. For a similarity matrix already at hand
+    (e.g. a batch's, which also gives the edges their weights)."""
+    fetch = k + int(exclude is not None)  # an excluded column is dropped from a list one longer
+    values, columns = _top_k(similarities, fetch)
+    if exclude is not None:
+        values, columns = _without(values, columns, exclude)
+    return values, columns
 
 
 def _check_rows(x: Tensor, name: str) -> None:
@@ -153,15 +174,15 @@ def _top_k(sim: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return values, columns
 
 
-def _without_own(values: Tensor, columns: Tensor, start: int) -> tuple[Tensor, Tensor]:
-    """Lists (n, k + 1) of query rows ``start, start + 1, ...`` without each row's own index, or
-    without their last entry where the own index is not in the list: (n, k)."""
+def _without(values: Tensor, columns: Tensor, excluded: Tensor) -> tuple[Tensor, Tensor]:
+    """Lists (n, k + 1) without each row's ``excluded`` column (n,), or without their last entry where it
+    is not in the list: (n, k)."""
     n, width = columns.shape
-    own = columns == torch.arange(start, start + n, device=columns.device)[:, None]
+    own = columns == excluded[:, None]
     at = torch.where(own.any(dim=1), own.byte().argmax(dim=1), width - 1)
     take = torch.arange(width - 1, device=columns.device).expand(n, -1)
     take = take + (take >= at[:, None])
     return values.gather(1, take), columns.gather(1, take)
 
 
-__all__ = ["CHUNK_BYTES", "METRICS", "knn"]
+__all__ = ["CHUNK_BYTES", "METRICS", "knn", "top_k"]

@@ -174,3 +174,21 @@ def test_nan_is_an_error_when_value_checks_are_on():
             knn(x[:3], 2, x)
     with value_checks(False):
         assert knn(x, 2)[1].shape == (10, 2)  # not read: an unspecified answer, no error
+
+
+def test_exclude_leaves_out_given_reference_rows_by_index():
+    """Some query rows searched against the whole set, each without its own row: the same lists as the
+    whole set searched within itself, duplicates included."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 6, generator=g)
+    x[7] = x[3]  # a duplicate: its own row must go, not its twin
+    picks = torch.tensor([3, 7, 0, 39])
+    values, indices = knn(x[picks], 5, x, exclude=picks)
+    all_values, all_indices = knn(x, 5, exclude_self=True)
+    torch.testing.assert_close(values, all_values[picks])
+    assert torch.equal(indices, all_indices[picks])
+    assert 7 in indices[0].tolist() and 3 not in indices[0].tolist()
+    with pytest.raises(ValueError, match="exclude names rows of a reference"):
+        knn(x, 5, exclude=picks)
+    with pytest.raises(ValueError, match=r"exclude must be int64 of shape \(4,\)"):
+        knn(x[picks], 5, x, exclude=picks[:2])

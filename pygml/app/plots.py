@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torch_geometric.data import Data  # noqa: E402
 
@@ -75,7 +76,7 @@ def recall_curves(results: Mapping[str, Mapping[str, float]], path: str | Path, 
 PANELS = (
     ("loss", "training loss", "loss", 1.0),
     ("test_recall@1", "Recall@1 (%)", "test Recall@1 (curves only, no selection)", 100.0),
-    ("test_knn_homophily", "share of kNN edges within a class", "kNN edges within a class (P×K test batches)", 1.0),
+    ("test_knn_homophily", "share within the class", "kNN edges within a class (P×K test batches)", 1.0),
 )
 
 
@@ -87,18 +88,18 @@ def training_curves(logs: Mapping[str, str | Path | pd.DataFrame], path: str | P
     panels = [p for p in PANELS if any(p[0] in df and df[p[0]].notna().sum() >= 2 for df in frames.values())]
     if not panels:
         raise ValueError("training_curves needs a log with at least two epochs of some curve")
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False, layout="constrained")
     for ax, (column, ylabel, title, scale) in zip(axes[0], panels):
         for name, df in frames.items():
             if column in df:
                 ok = df[column].notna()
                 ax.plot(df.loc[ok, "epoch"], scale * df.loc[ok, column], marker=".", label=name)
         ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
     if len(frames) > 1:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(frames), 4), fontsize=8,
-                   bbox_to_anchor=(0.5, -0.02 - 0.05 * ((len(frames) - 1) // 4)))
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(frames), 4), fontsize=8)
     return _save(fig, path)
 
 
@@ -113,8 +114,10 @@ def retrieval_grid(query_images: Sequence[Tensor], query_labels: Sequence[int],
     """Each row: a query, then its nearest neighbours, framed green when they share its class, red
     otherwise; each image titled with its class name and each neighbour with its similarity."""
     rows, cols = len(query_images), 1 + max(len(n) for n in neighbour_images)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols, 1.45 * rows), squeeze=False,
+    height = 1.45 * rows + 0.35
+    fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols, height), squeeze=False,
                              gridspec_kw={"wspace": 0.08, "hspace": 0.45})
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1.0 - 0.55 / height)
 
     def name(label: int) -> str:
         text = class_names[label] if class_names is not None else str(label)
@@ -131,14 +134,14 @@ def retrieval_grid(query_images: Sequence[Tensor], query_labels: Sequence[int],
             for spine in axes[r, c].spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(2.5)
-            sim = f" {similarities[r][c - 1]:.2f}" if similarities is not None else ""
+            sim = f" {similarities[r][c - 1]:.3f}" if similarities is not None else ""
             axes[r, c].set_title(f"#{c}{sim}\n{name(lab)}", fontsize=6, color=colour)
         for c in range(1 + len(neighbour_images[r]), cols):
             axes[r, c].set_visible(False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{title}: green = same class, red = another class; #rank similarity", fontsize=8, y=0.995)
+    fig.suptitle(f"{title}: green = same class, red = another class; #rank similarity", fontsize=8, y=1.0)
     return _save(fig, path)
 
 
@@ -149,9 +152,10 @@ def _class_palette(n: int) -> list:
     return [colours[i % len(colours)] for i in range(n)]
 
 
-def batch_graph_drawing(data: Data, path: str | Path, title: Optional[str] = None, seed: int = 0) -> Path:
+def batch_graph_drawing(data: Data, path: str | Path, title: Optional[str] = None, seed: int = 0,
+                        class_names: Optional[Sequence[str]] = None) -> Path:
     """Nodes coloured by class; visual kNN edges as grey arrows, label edges as dashed black lines, with
-    a legend of both edge types and the classes."""
+    a legend of both edge types and the classes (named by ``class_names[label]`` when given)."""
     import networkx as nx
 
     n = data.num_nodes
@@ -175,7 +179,7 @@ def batch_graph_drawing(data: Data, path: str | Path, title: Optional[str] = Non
     handles = [Line2D([], [], color=VISUAL_EDGE_COLOUR, lw=1.2, label="visual kNN edge j → i"),
                Line2D([], [], color=LABEL_EDGE_COLOUR, lw=1.2, ls="--", label="label edge (same class)")]
     handles += [Line2D([], [], marker="o", ls="", markerfacecolor=colour[c], markeredgecolor="black",
-                       label=f"class {c}") for c in classes[:12]]
+                       label=class_names[c] if class_names is not None else f"class {c}") for c in classes[:12]]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.set_title(title or f"batch graph: {n} images of {len(classes)} classes", fontsize=9)
     ax.axis("off")
@@ -197,7 +201,8 @@ def evaluation_plots(method, splits, metrics: Mapping[str, Mapping[str, float]],
     g, gy = (q, qy) if splits.gallery is None else embed_dataset(method.embed, gallery_ds, **kw)
     rng = np.random.default_rng(seed)
     picks = torch.as_tensor(rng.choice(len(q), size=min(queries, len(q)), replace=False))
-    sims, nbrs = knn(q[picks], min(top, g.size(0) - 1), g, exclude=picks if splits.gallery is None else None)
+    sims, nbrs = (knn(q[picks], min(top, g.size(0) - 1), g, exclude=picks) if splits.gallery is None
+                  else knn(q[picks], min(top, g.size(0)), g))
     paths.append(retrieval_grid(
         [query_ds[int(i)][0] for i in picks], [int(qy[i]) for i in picks],
         [[gallery_ds[int(j)][0] for j in row] for row in nbrs], [[int(gy[j]) for j in row] for row in nbrs],
@@ -209,5 +214,6 @@ def evaluation_plots(method, splits, metrics: Mapping[str, Mapping[str, float]],
         idx = np.concatenate([rng.choice(np.flatnonzero(labels == c), size=min(graph_per_class, int((labels == c).sum())),
                                          replace=False) for c in classes])
         paths.append(batch_graph_drawing(batch_graph(q[idx], qy[idx], k=k), out / "batch_graph.png",
-                                         title=f"batch graph of {len(idx)} test images ({name}, k={k})"))
+                                         title=f"batch graph of {len(idx)} test images ({name}, k={k})",
+                                         class_names=getattr(query_ds, "class_names", None)))
     return paths
