@@ -15,8 +15,9 @@ Give the paths of checkouts of the official repositories (nothing of them is cop
   ordered pairs of views as its training loop does, against :class:`pygml.losses.PairwiseInfoNCELoss`.
 
 Needs, besides pygml's own requirements, ``torch_scatter`` (the Intra-Batch code imports it) and PyYAML.
-Without CUDA the official code's ``.cuda()`` calls (in the two losses that move constant tensors) are
-made no-ops while they run; nothing else of the official code is changed. Training-mode comparisons set
+Everything runs on the CPU in float32: the ``.cuda()`` calls of the BGFormer release's loss (which moves
+two constant tensors) are made no-ops while it runs, the Intra-Batch loss is built with ``use_gpu=False``
+and the ProxyGML loss with ``device="cpu"``; nothing else of the official code is changed. Training-mode comparisons set
 every dropout probability to 0 on both sides (the two sides draw different masks).
 
 Prints a Markdown table: what was compared, max |Δ| of the values and of the gradients (every input and
@@ -146,10 +147,7 @@ def load_function(path: Path, name: str, namespace: dict) -> Callable:
 
 @contextlib.contextmanager
 def cuda_calls_stay_on_cpu() -> Iterator[None]:
-    """Without a GPU, make ``Tensor.cuda()`` return the tensor itself while official code runs."""
-    if torch.cuda.is_available():
-        yield
-        return
+    """Make ``Tensor.cuda()`` return the tensor itself while official code runs (everything runs on the CPU)."""
     original = torch.Tensor.cuda
     torch.Tensor.cuda = lambda self, *args, **kwargs: self
     try:
