@@ -60,50 +60,52 @@ def pygml_proxygml_loss(num_classes: int, dim: int, n: int, r: float, lam: float
     return ProxyGMLLoss(num_classes, dim, n, r, lam, **switches)
 
 
+class _Features(nn.Identity):
+    """A stand-in backbone: the features f themselves."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.out_dim = dim
+
+
 def pygml_intra_batch(num_classes: int, dim: int, layers: int, heads: int, temperature: float,
                       concat: bool) -> nn.Module:
-    """pygml's Intra-Batch model on features f (backbone and embedding layer replaced by identities), with
+    """pygml's Intra-Batch method on features f (backbone and embedding layer replaced by identities), with
     every dropout at 0."""
-    from pygml.config import load_config
-    from pygml.methods.intra_batch import IntraBatch
+    from pygml.methods import IntraBatch
 
-    cfg = load_config(None, ["method=intra_batch", "model.backbone=small_cnn", f"model.embedding_dim={dim}",
-                             f"intra_batch.layers={layers}", f"intra_batch.heads={heads}",
-                             f"intra_batch.temperature={temperature}", f"intra_batch.concat={concat}",
-                             "intra_batch.dropout=0.0", "intra_batch.label_smoothing=0.1"])
-    model = IntraBatch(cfg, num_classes)
-    model.backbone, model.head = nn.Identity(), nn.Identity()
+    model = IntraBatch(_Features(dim), num_classes, embedding_dim=dim, temperature=temperature, label_smoothing=0.1,
+                       layers=layers, heads=heads, dropout=0.0, concat=concat)
+    model.head = nn.Identity()
     return model
 
 
 def pygml_intra_batch_losses(model: nn.Module, f: Tensor, y: Tensor) -> dict[str, Tensor]:
     """``loss`` (backbone + MPN, with its graph), ``loss_backbone``, ``loss_mpn`` and the MPN's class logits."""
-    from pygml.graph import VISUAL, batch_graph, edges_of_type
     from pygml.models import l2n
 
     loss, logs = model(f, y)
-    x = l2n(f.detach())
-    with torch.no_grad():  # on a copy: a second call must not move the neck's running statistics again
-        _, logits = copy.deepcopy(model.mpn)(
-            x, edges_of_type(batch_graph(x, y, k=None, label_edges=False, self_loops=True), VISUAL))
-    return {"loss": loss, "loss_backbone": logs["loss_backbone"], "loss_mpn": logs["loss_mpn"],
+    with torch.no_grad():  # on copies: a second call must not move the neck's running statistics again
+        logits = copy.deepcopy(model.graph_loss).logits(copy.deepcopy(model.graph)(l2n(f.detach()), y))
+    return {"loss": loss, "loss_backbone": logs["loss_backbone"], "loss_mpn": logs["loss_graph"],
             "mpn_logits": logits}
 
 
 def pygml_intra_batch_parameters(model: nn.Module, layers: int) -> dict[str, str]:
     """pygml parameter / buffer name → official name (``fc.*`` is the backbone classifier, ``gnn.*`` the
     official ``GNNReID``)."""
-    names = {"classifier.weight": "fc.weight", "classifier.bias": "fc.bias",
-             "mpn.lin_in.weight": "gnn.dim_red.weight", "mpn.lin_in.bias": "gnn.dim_red.bias",
-             "mpn.classifier.weight": "gnn.fc.0.weight"}
+    names = {"loss.classifier.weight": "fc.weight", "loss.classifier.bias": "fc.bias",
+             "graph.mpn.lin_in.weight": "gnn.dim_red.weight", "graph.mpn.lin_in.bias": "gnn.dim_red.bias",
+             "graph_loss.classifier.weight": "gnn.fc.0.weight"}
     for t in ("weight", "bias", "running_mean", "running_var"):
-        names[f"mpn.neck.{t}"] = f"gnn.bottleneck.0.{t}"
+        names[f"graph_loss.neck.{t}"] = f"gnn.bottleneck.0.{t}"
     pairs = {"attn.lin_query": "att.q_linear", "attn.lin_key": "att.k_linear", "attn.lin_value": "att.v_linear",
              "attn.lin_out": "att.out", "lin1": "linear1", "lin2": "linear2", "norm1": "norm1", "norm2": "norm2"}
     for layer in range(layers):
         for ours, theirs in pairs.items():
             for t in ("weight", "bias"):
-                names[f"mpn.layers.{layer}.{ours}.{t}"] = f"gnn.gnn_model.node_model.layers.{layer}.{theirs}.{t}"
+                names[f"graph.mpn.layers.{layer}.{ours}.{t}"] = \
+                    f"gnn.gnn_model.node_model.layers.{layer}.{theirs}.{t}"
     return names
 
 
