@@ -14,25 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pygml.checks import value_checks_enabled
+from pygml.losses.base import check_embeddings_labels
 
 #: smallest norm divided by when the embeddings are L2-normalised (as in ``F.normalize``)
 NORM_EPS = 1e-12
-
-
-def _check_arguments(embeddings: Tensor, labels: Tensor) -> None:
-    if not isinstance(embeddings, Tensor) or not isinstance(labels, Tensor):
-        raise ValueError(f"embeddings and labels must be tensors, got {type(embeddings).__name__} and "
-                         f"{type(labels).__name__}")
-    if embeddings.dim() != 2:
-        raise ValueError(f"embeddings must be 2-D (batch, dim), got shape {tuple(embeddings.shape)}")
-    if labels.dim() != 1 or labels.numel() != embeddings.size(0):
-        raise ValueError(f"labels must have shape ({embeddings.size(0)},), got {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be integers, got {labels.dtype}")
-    if not embeddings.is_floating_point():
-        raise ValueError(f"embeddings must be floating point, got {embeddings.dtype}")
-    if embeddings.size(0) == 0:
-        raise ValueError("embeddings is empty")
 
 
 def _describe_counts(labels: Tensor) -> str:
@@ -100,10 +85,8 @@ class PairwiseInfoNCELoss(nn.Module):
         self.views = views
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        _check_arguments(embeddings, labels)
+        check_embeddings_labels(embeddings, labels)
         checks = value_checks_enabled()
-        if checks and not bool(torch.isfinite(embeddings.detach()).all()):
-            raise ValueError("embeddings contain NaN or inf")
         n = embeddings.size(0)
         labels = labels.to(embeddings.device)
         m = self.views if self.views is not None else _views_from_labels(labels)

@@ -129,7 +129,7 @@ def test_embedding_is_normalised_and_independent_of_the_batch():
 def test_constructor_errors():
     with pytest.raises(ValueError, match="num_classes must be at least 2"):
         IntraBatch(SmallCNN(width=4), num_classes=1)
-    with pytest.raises(ValueError, match=r"multiple of heads \(3\)"):
+    with pytest.raises(ValueError, match=r"heads=3 must be a positive int that divides channels=16"):
         tiny_method(heads=3)
     with pytest.raises(ValueError, match="k must be a positive int or None"):
         tiny_method(k=0)
