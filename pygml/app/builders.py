@@ -75,6 +75,28 @@ def build_datasets(cfg: Any, seed: Optional[int] = None) -> DatasetSplits:
     return splits
 
 
+def data_record(cfg: Any, splits: DatasetSplits) -> dict[str, Any]:
+    """What a run was trained and tested on: the dataset's name, root and each split's image and class
+    counts (stored in checkpoints, checked when a checkpoint is evaluated)."""
+    counts = {name: [len(ds), int(ds.num_classes)] for name in ("train", "query", "gallery", "val")
+              if (ds := getattr(splits, name)) is not None}
+    return {"name": cfg.data.name, "root": cfg.data.root, "splits": counts}
+
+
+def describe_data(record: dict[str, Any]) -> str:
+    """``data.name=glyphs (data.root=None: train 7,700 images / 72 classes, query ...)``."""
+    parts = ", ".join(f"{k} {n:,} images / {c:,} classes" for k, (n, c) in record["splits"].items())
+    return f"data.name={record['name']} (data.root={record['root']}: {parts})"
+
+
+def check_data(recorded: Optional[dict[str, Any]], current: dict[str, Any], source: str) -> None:
+    """A ``ValueError`` when the data built now is not the data ``source`` recorded (another dataset, or the
+    same name with other images: a wrong ``data.root``)."""
+    if recorded and (recorded["name"] != current["name"] or recorded["splits"] != current["splits"]):
+        raise ValueError(f"{source} was trained and tested on {describe_data(recorded)}, but this config gives "
+                         f"{describe_data(current)}; point data.name / data.root at the run's data")
+
+
 #: ``model.backbone`` names of the form ``timm:<name>`` build :class:`~pygml.models.TimmBackbone` ``(name)``
 TIMM_PREFIX = "timm:"
 
@@ -143,6 +165,17 @@ def build_method(cfg: Any, num_classes: int, backbone: Optional[nn.Module] = Non
     return construct(cfg.method, entry.obj, backbone, num_classes, keys=keys, **kwargs)
 
 
+def check_recall_at(cfg: Any, splits: DatasetSplits) -> None:
+    """``eval.recall_at`` against the galleries the run will search (checked before training, not after)."""
+    galleries = {"test": len(splits.gallery) if splits.gallery is not None else len(splits.query) - 1}
+    if splits.val is not None:
+        galleries["validation"] = len(splits.val) - 1
+    for split, size in galleries.items():
+        if max(cfg.eval.recall_at) > size:
+            raise ConfigError(f"config key 'eval.recall_at' asks for K={max(cfg.eval.recall_at)}, but the {split} "
+                              f"gallery of data.name={cfg.data.name} has {size} images; use K <= {size}")
+
+
 def build_evaluator(cfg: Any) -> RetrievalEvaluator:
     """The shared evaluator with a run's ``eval`` settings; a bad ``eval.search`` is an error here, before
     any training."""
@@ -153,4 +186,4 @@ def build_evaluator(cfg: Any) -> RetrievalEvaluator:
 
 
 __all__ = ["build_backbone", "build_datasets", "build_evaluator", "build_loss", "build_method",
-           "build_transforms_of", "construct"]
+           "build_transforms_of", "check_data", "check_recall_at", "construct", "data_record", "describe_data"]

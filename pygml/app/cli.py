@@ -80,7 +80,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         result = train(cfg, resume=args.resume)
         if distributed.is_main() and "test" in result:
             print(f"\n{cfg.method} on {cfg.data.name}, last epoch ({result['epochs_done']}), test split:")
-            print(metrics_table(result["test"]))
+            print(metrics_table(result["test"], result["eval"]))
         return 0
 
     return _run(body)
@@ -115,10 +115,11 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         out = Path(args.out) if args.out else Path(args.checkpoint).parent
         out.mkdir(parents=True, exist_ok=True)
-        (out / "eval_metrics.json").write_text(json.dumps(result["metrics"], indent=2))
-        metrics_frame(result["metrics"]["test"]).to_csv(out / "eval_metrics.csv", index=False)
+        (out / "eval_metrics.json").write_text(json.dumps({**result["metrics"], "eval": result["eval"]}, indent=2))
+        metrics_frame({**result["metrics"]["test"], **{f"eval_{k}": v for k, v in result["eval"].items()}}).to_csv(
+            out / "eval_metrics.csv", index=False)
         print(f"{result['method']} checkpoint {args.checkpoint}, test split of {result['data']}:")
-        print(metrics_table(result["metrics"]["test"]))
+        print(metrics_table(result["metrics"]["test"], result["eval"]))
         log.info("written: %s, %s", out / "eval_metrics.json", out / "eval_metrics.csv")
         if args.report:
             from pygml.app.report_html import evaluation_report

@@ -38,7 +38,10 @@ def _require(section: str, checks: list[tuple[bool, str, str]], obj: Any) -> Non
     """Raise a :class:`ConfigError` for the first failed ``(ok, key, what is expected)``."""
     for ok, key, expected in checks:
         if not ok:
-            raise ConfigError(f"config key '{section}.{key}' is {getattr(obj, key)!r}; expected {expected}")
+            value = getattr(obj, key)
+            note = (" (YAML reads yes/no/on/off/true/false as a boolean: write one of the names)"
+                    if value in ("True", "False") else "")
+            raise ConfigError(f"config key '{section}.{key}' is {value!r}{note}; expected {expected}")
 
 
 @dataclass
@@ -408,14 +411,40 @@ def _merge(base: DictConfig, layers: list[DictConfig], overrides: list[str] | tu
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         msg = str(getattr(exc, "msg", exc)).splitlines()[0]
-        raise ConfigError(f"bad config{where}: key '{key}': {msg}") from None
+        if "is not a ListConfig" in msg:
+            msg = "expected a list, e.g. [1, 2, 4, 8]"
+        typed = [item for item in overrides if item.split("=", 1)[0] == key]
+        typed_note = f" (typed: {typed[-1]})" if typed else ""
+        raise ConfigError(f"bad config{where}: key '{key}'{typed_note}: {msg}") from None
     _check_names(cfg)
     return cfg
+
+
+#: the configs shipped inside the package (``configs/`` of a clone is the same folder)
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve_config(name: str | Path) -> Path:
+    """The YAML file ``name`` names: a path to a file, or a shipped config by its short name
+    (``baseline/glyphs`` or ``baseline/glyphs.yaml``, found in the installed package); a ``ConfigError``
+    lists the shipped configs when neither exists."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    short = path if path.suffix in (".yaml", ".yml") else path.with_suffix(".yaml")
+    for candidate in (short, PACKAGED_CONFIGS / short,
+                      PACKAGED_CONFIGS / short.relative_to("configs") if short.parts[:1] == ("configs",) else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    shipped = sorted(str(p.relative_to(PACKAGED_CONFIGS).with_suffix("")) for p in PACKAGED_CONFIGS.glob("*/*.yaml"))
+    raise ConfigError(f"config file not found: {name}; give a path to a YAML file or a shipped config: "
+                      f"{', '.join(shipped)}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """Build a config from defaults, an optional YAML file and dotted overrides.
 
+    ``path`` is a YAML file or a shipped config's short name (``baseline/glyphs``, :func:`resolve_config`).
     A YAML file may start from others with ``base: ../datasets/cub.yaml`` (a path or a list, relative
     to the file); later layers override earlier ones.
 
@@ -423,7 +452,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     >>> cfg.train.epochs, cfg.method
     (3, 'intra_batch')
     """
-    layers = _load_yaml_chain(Path(path)) if path is not None else []
+    layers = _load_yaml_chain(resolve_config(path)) if path is not None else []
     return _merge(OmegaConf.structured(config_class()), layers, overrides,
                   f" in {path}" if path is not None else "")
 
@@ -449,6 +478,6 @@ def config_to_yaml(cfg: Any) -> str:
 __all__ = [
     "AMP_MODES", "BGFormerConfig", "BaselineConfig", "Config", "ConfigError", "DataConfig", "EvalConfig",
     "IntraBatchConfig", "LossConfig", "MinerConfig", "ModelConfig", "NONFINITE_POLICIES", "OptimConfig",
-    "ProxyGMLConfig", "TrainConfig", "apply_overrides", "config_class", "config_from_dict", "config_to_dict",
-    "config_to_yaml", "load_config",
+    "PACKAGED_CONFIGS", "ProxyGMLConfig", "TrainConfig", "apply_overrides", "config_class", "config_from_dict", "config_to_dict",
+    "config_to_yaml", "load_config", "resolve_config",
 ]
