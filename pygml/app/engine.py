@@ -326,6 +326,8 @@ def train(cfg: Any, *, resume: bool = False) -> dict[str, Any]:
         if not train_one_epoch(run, state):
             break
         end_of_epoch(run, state, evaluate_epoch(run, state.epoch))
+        if cfg.train.stop_after_steps and state.global_step >= cfg.train.stop_after_steps:
+            break
     distributed.barrier()
     return finish(run, state)
 

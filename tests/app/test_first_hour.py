@@ -33,7 +33,7 @@ def test_bad_values_name_the_key_and_the_value(override, says):
 def test_a_constructor_error_names_the_method_key(tiny_config):
     from pygml.app.builders import build_method
 
-    with pytest.raises(ConfigError, match=r"config key 'intra_batch.heads'.*\(3\)"):
+    with pytest.raises(ConfigError, match=r"config key 'intra_batch.heads'.*heads=3"):
         build_method(tiny_config("method=intra_batch", "intra_batch.heads=3"), num_classes=5)
 
 
