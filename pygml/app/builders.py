@@ -16,7 +16,7 @@ from pygml.app.config import ConfigError
 from pygml.app.pml import pml_loss
 from pygml.app.registry import BACKBONES, DATASETS, LOSSES, METHODS
 from pygml.app.reports import log
-from pygml.data import DatasetSplits, build_transforms, carve_validation
+from pygml.data import ClassPassSampler, DatasetSplits, IntraBatchSampler, PKSampler, build_transforms, carve_validation
 from pygml.evaluation import RetrievalEvaluator, empty_index
 from pygml.models import TimmBackbone
 
@@ -58,7 +58,8 @@ def build_transforms_of(data: Any) -> tuple[Callable, Callable]:
     """The train and test transforms of a ``data`` section."""
     return construct("data", build_transforms, data.augmentation, data.image_size, resize_size=data.resize_size,
                      random_erasing=data.random_erasing, crop_scale=tuple(data.crop_scale),
-                     interpolation=data.interpolation)
+                     interpolation=data.interpolation, erasing_scale=tuple(data.random_erasing_scale),
+                     erasing_ratio=tuple(data.random_erasing_ratio), erasing_value=tuple(data.random_erasing_value))
 
 
 def build_datasets(cfg: Any, seed: Optional[int] = None) -> DatasetSplits:
@@ -107,7 +108,8 @@ def build_backbone(model: Any) -> nn.Module:
     timm_name = model.backbone[len(TIMM_PREFIX):] if model.backbone.startswith(TIMM_PREFIX) else None
     factory = TimmBackbone if timm_name is not None else BACKBONES.get(model.backbone).obj
     values = {"pretrained": model.pretrained, "pooling": model.pooling,
-              "grad_checkpointing": model.grad_checkpointing, "width": model.width, "input_size": model.input_size}
+              "grad_checkpointing": model.grad_checkpointing, "width": model.width, "input_size": model.input_size,
+              "normalization": model.normalization}
     defaults = {f.name: f.default for f in dataclasses.fields(model)}
     accepted = _accepted(factory)
     kwargs = {k: v for k, v in values.items() if accepted is None or k in accepted}
@@ -165,6 +167,18 @@ def build_method(cfg: Any, num_classes: int, backbone: Optional[nn.Module] = Non
     return construct(cfg.method, entry.obj, backbone, num_classes, keys=keys, **kwargs)
 
 
+#: ``train.sampler`` → batch sampler class (all take labels, P, K, seed, rank, world_size)
+SAMPLERS = {"pk": PKSampler, "intra_batch": IntraBatchSampler, "class_pass": ClassPassSampler}
+
+
+def build_sampler(train: Any, labels: Any, rank: int = 0, world_size: int = 1) -> Any:
+    """The batch sampler of a ``train`` section over the training ``labels``."""
+    options = {"redraw_pk": train.redraw_pk} if train.sampler == "intra_batch" else {}
+    return construct("train", SAMPLERS[train.sampler], labels, classes_per_batch=train.classes_per_batch,
+                     samples_per_class=train.samples_per_class, seed=train.seed, rank=rank, world_size=world_size,
+                     **options)
+
+
 def check_recall_at(cfg: Any, splits: DatasetSplits) -> None:
     """``eval.recall_at`` against the galleries the run will search (checked before training, not after)."""
     galleries = {"test": len(splits.gallery) if splits.gallery is not None else len(splits.query) - 1}
@@ -185,5 +199,5 @@ def build_evaluator(cfg: Any) -> RetrievalEvaluator:
                      nmi=cfg.eval.nmi, search=cfg.eval.search, nprobe=cfg.eval.nprobe)
 
 
-__all__ = ["build_backbone", "build_datasets", "build_evaluator", "build_loss", "build_method",
+__all__ = ["SAMPLERS", "build_backbone", "build_datasets", "build_evaluator", "build_loss", "build_method", "build_sampler",
            "build_transforms_of", "check_data", "check_recall_at", "construct", "data_record", "describe_data"]

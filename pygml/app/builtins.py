@@ -12,15 +12,17 @@ from pygml.app.config import BaselineConfig, BGFormerConfig, IntraBatchConfig, P
 from pygml.app.registry import BACKBONES, DATASETS, LOSSES, METHODS
 from pygml.data import (BENCHMARKS, DatasetSplits, Digits, FASHION_MNIST_ROOT, FashionMNIST, Glyphs,
                         benchmark_splits, csv_splits, folder_splits)
-from pygml.losses import ClassifierCELoss, ContrastiveCELoss, NormalizedSoftmaxLoss, ProxyGMLLoss
+from pygml.losses import (ClassifierCELoss, ContrastiveCELoss, NormalizedSoftmaxLoss, PairwiseInfoNCELoss,
+                          ProxyGMLLoss)
 from pygml.methods import BGFormer, Baseline, IntraBatch, ProxyGML
 from pygml.models import BNInception, MobileNetV2, ResNet50, SmallCNN
 
 
-def _vit_small_16(pretrained: Optional[str] = None, grad_checkpointing: bool = False) -> nn.Module:
+def _vit_small_16(pretrained: Optional[str] = None, grad_checkpointing: bool = False,
+                  normalization: Optional[str] = None) -> nn.Module:
     from pygml.models.vit import ViTSmall16  # timm is an optional extra: imported when asked for
 
-    return ViTSmall16(pretrained, grad_checkpointing=grad_checkpointing)
+    return ViTSmall16(pretrained, grad_checkpointing=grad_checkpointing, normalization=normalization or "imagenet")
 
 
 METHODS.register("baseline", Baseline, options=BaselineConfig)
@@ -47,6 +49,11 @@ def _contrastive_ce(num_classes: int, embedding_dim: int, temperature: float = 0
     return ContrastiveCELoss(temperature)
 
 
+def _pairwise_infonce(num_classes: int, embedding_dim: int, temperature: float = 0.2,
+                      views: Optional[int] = None) -> nn.Module:
+    return PairwiseInfoNCELoss(temperature, views)
+
+
 def _proxygml(num_classes: int, embedding_dim: int, **options: Any) -> nn.Module:
     return ProxyGMLLoss(num_classes, embedding_dim, **options)
 
@@ -54,6 +61,7 @@ def _proxygml(num_classes: int, embedding_dim: int, **options: Any) -> nn.Module
 LOSSES.register("normalized_softmax", _normalized_softmax)
 LOSSES.register("classifier_ce", _classifier_ce)
 LOSSES.register("contrastive_ce", _contrastive_ce)
+LOSSES.register("pairwise_infonce", _pairwise_infonce)
 LOSSES.register("proxygml", _proxygml)
 
 

@@ -61,6 +61,11 @@ class DataConfig:
     resize_size: int = 256
     #: RandomErasing probability (train time)
     random_erasing: float = 0.0
+    #: RandomErasing: range of the erased area (fraction of the image), of its aspect ratio, and the value it is
+    #: filled with on [0, 1] images (1 value, or 3: one per channel)
+    random_erasing_scale: list[float] = field(default_factory=lambda: [0.02, 0.33])
+    random_erasing_ratio: list[float] = field(default_factory=lambda: [0.3, 3.3])
+    random_erasing_value: list[float] = field(default_factory=lambda: [0.0])
     #: area range of RandomResizedCrop (``imagenet`` augmentation)
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     #: resizing filter: bilinear | bicubic
@@ -86,6 +91,11 @@ class DataConfig:
             (self.interpolation in INTERPOLATIONS, "interpolation", f"one of {', '.join(INTERPOLATIONS)}"),
             (self.image_size >= 1, "image_size", "a positive number of pixels"),
             (0.0 <= self.random_erasing <= 1.0, "random_erasing", "a probability in [0, 1]"),
+            (len(self.random_erasing_scale) == 2 and 0 < self.random_erasing_scale[0] <= self.random_erasing_scale[1] < 1,
+             "random_erasing_scale", "[low, high] with 0 < low <= high < 1"),
+            (len(self.random_erasing_ratio) == 2 and 0 < self.random_erasing_ratio[0] <= self.random_erasing_ratio[1],
+             "random_erasing_ratio", "[low, high] with 0 < low <= high"),
+            (len(self.random_erasing_value) in (1, 3), "random_erasing_value", "1 value, or 3 (one per channel)"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction", "a fraction in [0, 1)"),
             (0.0 < self.test_fraction < 1.0, "test_fraction", "a fraction in (0, 1)"),
             (self.num_workers >= 0, "num_workers", "a number of worker processes >= 0"),
@@ -115,6 +125,9 @@ class ModelConfig:
     #: ``timm:<name>`` backbones: the side the backbone resizes its images to; ``null`` = the input size timm
     #: declares for the model, 0 = no resizing (models that take any size)
     input_size: Optional[int] = None
+    #: input normalisation of backbones that offer a choice (vit_s16: imagenet | half, mean = std = 0.5 as
+    #: timm's ViT weights and the BGFormer release); ``null`` = the backbone's own
+    normalization: Optional[str] = None
 
     def __post_init__(self) -> None:
         _require("model", [
@@ -158,6 +171,8 @@ class OptimConfig:
 #: mixed precision settings of ``train.amp`` and what to do with a non-finite loss (``train.nonfinite``)
 AMP_MODES = ("off", "fp16", "bf16")
 NONFINITE_POLICIES = ("raise", "skip")
+#: ``train.sampler``: the batch samplers of :mod:`pygml.data`
+SAMPLER_NAMES = ("pk", "intra_batch", "class_pass")
 
 
 @dataclass
@@ -167,6 +182,12 @@ class TrainConfig:
     classes_per_batch: int = 16
     #: K samples per class
     samples_per_class: int = 4
+    #: how batches are drawn: pk (P classes × K images, each image once per epoch where it can be) |
+    #: intra_batch (the Intra-Batch code's sampler: classes padded to chunks of K, more batches per epoch) |
+    #: class_pass (the BGFormer release: one pass over the classes per epoch, K images each)
+    sampler: str = "pk"
+    #: intra_batch sampler: draw a new P×K factorisation of the batch size every epoch (its CUB config)
+    redraw_pk: bool = False
     #: stop each epoch after this many batches (0 = the sampler's full epoch)
     max_steps_per_epoch: int = 0
     seed: int = 0
@@ -202,6 +223,8 @@ class TrainConfig:
             (self.epochs >= 1, "epochs", "a positive number of epochs"),
             (self.classes_per_batch >= 1, "classes_per_batch", "a positive number of classes"),
             (self.samples_per_class >= 1, "samples_per_class", "a positive number of images"),
+            (self.sampler in SAMPLER_NAMES, "sampler", f"one of {', '.join(SAMPLER_NAMES)}"),
+            (not self.redraw_pk or self.sampler == "intra_batch", "redraw_pk", "false unless train.sampler=intra_batch"),
             (self.max_steps_per_epoch >= 0, "max_steps_per_epoch", "a number of batches >= 0 (0 = full epoch)"),
             (self.amp in AMP_MODES, "amp", f"one of {', '.join(AMP_MODES)}"),
             (self.nonfinite in NONFINITE_POLICIES, "nonfinite", f"one of {', '.join(NONFINITE_POLICIES)}"),
@@ -302,8 +325,10 @@ class ProxyGMLConfig:
     regularizer: str = "full"
     #: rows per chunk of the ``chunked`` regulariser; ``null`` = as many as make 2**24 logits
     chunk_size: Optional[int] = None
-    #: epochs (from the first) in which the backbone is frozen: only the embedding layer and proxies train
+    #: epochs in which the backbone is frozen: only the embedding layer and proxies train
     warmup_epochs: int = 1
+    #: the 0-based epoch the warm-up starts at: 0 (the paper: before any fine-tuning) or 1 (the official code)
+    warmup_start_epoch: int = 0
 
 
 @dataclass
@@ -318,7 +343,7 @@ class BGFormerConfig:
     mix: float = 0.3
     #: α: share of the backbone rows in the loss (1 = blocks off)
     alpha: float = 0.01
-    #: τ of the default contrastive loss
+    #: τ of the default loss (the release's pairwise InfoNCE)
     temperature: float = 0.2
     mlp_ratio: int = 4
     dropout: float = 0.0

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pygml.app import distributed
-from pygml.app.builders import (build_datasets, build_evaluator, build_method, check_recall_at, construct,
+from pygml.app.builders import (build_datasets, build_evaluator, build_method, build_sampler, check_recall_at,
                                  data_record, describe_data)
 from pygml.app.checkpoint import (CheckpointError, load_checkpoint, load_model_state, rng_state, save_checkpoint,
                                   set_rng_state)
@@ -39,7 +39,7 @@ from pygml.app.config import ConfigError, config_to_dict, config_to_yaml
 from pygml.app.evaluate import evaluate_run, select_device
 from pygml.app.optim import build_optimizer, build_scheduler
 from pygml.app.reports import environment, log, search_record
-from pygml.data import DatasetSplits, PKSampler
+from pygml.data import DatasetSplits
 from pygml.evaluation import RetrievalEvaluator
 from pygml.methods import Method
 from pygml.models.weights import check_weights_file
@@ -94,9 +94,8 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    sampler: PKSampler
+    sampler: Any  # a batch sampler of pygml.data (PKSampler, IntraBatchSampler, ClassPassSampler)
     evaluator: RetrievalEvaluator
-    steps_per_epoch: int
     amp_dtype: Optional[torch.dtype]  # None: full precision
 
     @property
@@ -106,6 +105,14 @@ class Run:
     @property
     def progress(self) -> bool:
         return self.cfg.train.progress and self.main
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches of the sampler's current epoch (an epoch's length may change: ``train.redraw_pk``), at most
+        ``train.max_steps_per_epoch``."""
+        steps = self.sampler.num_batches
+        limit = self.cfg.train.max_steps_per_epoch
+        return min(steps, limit) if limit > 0 else steps
 
 
 def setup(cfg: Any) -> Run:
@@ -130,12 +137,7 @@ def setup(cfg: Any) -> Run:
     if cfg.train.compile:
         compile_backbone(method)
     optimizer = build_optimizer(cfg.optim, method.param_groups())
-    sampler = construct("train", PKSampler, splits.train.labels, classes_per_batch=cfg.train.classes_per_batch,
-                        samples_per_class=cfg.train.samples_per_class, seed=cfg.train.seed, rank=dist_info.rank,
-                        world_size=dist_info.world_size)
-    steps = sampler.num_batches
-    if cfg.train.max_steps_per_epoch > 0:
-        steps = min(steps, cfg.train.max_steps_per_epoch)
+    sampler = build_sampler(cfg.train, splits.train.labels, dist_info.rank, dist_info.world_size)
     model: torch.nn.Module = method
     if dist_info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -147,7 +149,7 @@ def setup(cfg: Any) -> Run:
                num_classes=num_classes, method=method, model=model, optimizer=optimizer,
                scheduler=build_scheduler(optimizer, cfg.optim),
                scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16), sampler=sampler,
-               evaluator=evaluator, steps_per_epoch=steps, amp_dtype=amp_dtype)
+               evaluator=evaluator, amp_dtype=amp_dtype)
 
 
 def restore(run: Run) -> RunState:

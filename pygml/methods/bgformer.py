@@ -14,7 +14,7 @@ from typing import Optional
 
 from torch import nn
 
-from pygml.losses import ContrastiveCELoss
+from pygml.losses import PairwiseInfoNCELoss
 from pygml.methods.graphs import BGFormerGraph
 from pygml.methods.learner import MetricLearner
 from pygml.models.heads import EmbeddingHead
@@ -32,7 +32,10 @@ class BGFormer(MetricLearner):
         alpha: α, the share of the backbone rows in the loss (1 = blocks off).
         temperature: τ of the default loss.
         block_lr: learning rate of the blocks (``None`` = the optimiser's).
-        loss: any ``loss(embeddings, labels)``; ``None`` = :class:`~pygml.losses.ContrastiveCELoss`.
+        loss: any ``loss(embeddings, labels)``; ``None`` = the authors' release's pairwise InfoNCE over the
+            m views of each class (:class:`~pygml.losses.PairwiseInfoNCELoss`, τ = ``temperature``; every
+            class of a batch must hold the same number of images, as the P×K samplers give). The SupCon-style
+            :class:`~pygml.losses.ContrastiveCELoss` is the other loss pygml offers for it.
         loss_lr: learning rate of the loss's parameters, if it has any (``None`` = the optimiser's).
         head_init: the head's init (the authors' release: orthogonal, zero bias).
 
@@ -56,7 +59,7 @@ class BGFormer(MetricLearner):
         head = EmbeddingHead(dim, embedding_dim, init=head_init)
         blocks = (BGFormerGraph(dim, depth, heads, k, mix=mix, mlp_ratio=mlp_ratio, dropout=dropout, variant=variant,
                                 graph=graph, y_includes_self=y_includes_self) if alpha < 1.0 else None)
-        loss = loss if loss is not None else ContrastiveCELoss(temperature)
+        loss = loss if loss is not None else PairwiseInfoNCELoss(temperature)
         super().__init__(backbone, loss, embedding_dim, graph=blocks, backbone_weight=alpha,
                          graph_weight=1.0 - alpha, head=head, loss_lr=loss_lr, graph_lr=block_lr)
 

@@ -4,7 +4,7 @@ proxy-subgraph loss :class:`pygml.losses.ProxyGMLLoss` (methods.md, section 2).
 The loss owns the C·N proxies, which get their own learning rate (``proxy_lr``). For the first
 ``warmup_epochs`` epochs the backbone is frozen (no gradient, BatchNorm statistics fixed) and only the
 embedding layer and the proxies train, as the paper's warm-up intends. (The released code freezes the
-backbone one epoch late: at the end of epoch 1, for epoch 2.)
+backbone one epoch late: at the end of epoch 1, for epoch 2; ``warmup_start_epoch=1`` reproduces it.)
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ class ProxyGML(MetricLearner):
         proxies_per_class, r, lambda_reg, use_spos, use_mask, use_reg, subgraph, regularizer, chunk_size:
             of :class:`~pygml.losses.ProxyGMLLoss`.
         proxy_lr: learning rate of the proxies (``None`` = the optimiser's).
-        warmup_epochs: epochs (from the first) in which the backbone is frozen.
+        warmup_epochs: epochs in which the backbone is frozen.
+        warmup_start_epoch: the (0-based) epoch the warm-up starts at: 0, the paper's warm-up before any
+            fine-tuning; 1, the official code's (one epoch of full training first).
         head_init: see :class:`~pygml.models.EmbeddingHead`.
 
     >>> from pygml.models import SmallCNN
@@ -38,17 +40,21 @@ class ProxyGML(MetricLearner):
     def __init__(self, backbone: nn.Module, num_classes: int, embedding_dim: int = 512, proxies_per_class: int = 12,
                  r: float = 0.05, lambda_reg: float = 0.3, proxy_lr: Optional[float] = 0.03, use_spos: bool = True,
                  use_mask: bool = True, use_reg: bool = True, subgraph: bool = True, regularizer: str = "full",
-                 chunk_size: Optional[int] = None, warmup_epochs: int = 1, *, head_init: str = "kaiming") -> None:
+                 chunk_size: Optional[int] = None, warmup_epochs: int = 1, warmup_start_epoch: int = 0, *,
+                 head_init: str = "kaiming") -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+        if warmup_start_epoch < 0:
+            raise ValueError(f"warmup_start_epoch must be >= 0, got {warmup_start_epoch}")
         head = EmbeddingHead(backbone.out_dim, embedding_dim, init=head_init)
         loss = ProxyGMLLoss(num_classes, embedding_dim, proxies_per_class, r, lambda_reg, use_spos=use_spos,
                             use_mask=use_mask, use_reg=use_reg, subgraph=subgraph, regularizer=regularizer,
                             chunk_size=chunk_size)
         super().__init__(backbone, loss, embedding_dim, head=head, loss_lr=proxy_lr, normalize=True)
         self.warmup_epochs = warmup_epochs
+        self.warmup_start_epoch = warmup_start_epoch
         self.skips_parameters = warmup_epochs > 0  # the frozen backbone gets no gradient during the warm-up
         # trainable backbone parameters (frozen BatchNorm excluded), fixed here so warm-up can restore them
         self._backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]
@@ -66,8 +72,10 @@ class ProxyGML(MetricLearner):
         return [{"name": "backbone", "params": list(self._backbone_params)}, *groups]
 
     def set_epoch(self, epoch: int) -> None:
-        """Freeze the backbone for epochs ``< warmup_epochs`` (0-based), unfreeze it afterwards."""
-        self.backbone_frozen = epoch < self.warmup_epochs
+        """Freeze the backbone for the (0-based) epochs ``[warmup_start_epoch, warmup_start_epoch +
+        warmup_epochs)``, unfreeze it otherwise."""
+        start = self.warmup_start_epoch
+        self.backbone_frozen = start <= epoch < start + self.warmup_epochs
         for p in self._backbone_params:
             p.requires_grad_(not self.backbone_frozen)
         self.train(self.training)

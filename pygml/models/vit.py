@@ -6,7 +6,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from pygml.models.backbones import Backbone
+from pygml.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from pygml.models.weights import load_weights
 
 
@@ -21,18 +21,29 @@ def _create_vit_small() -> nn.Module:
                              dynamic_img_size=True, dynamic_img_pad=True)
 
 
+#: input normalisations of :class:`ViTSmall16`: (mean, std)
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+
+
 class ViTSmall16(Backbone):
     """timm ``vit_small_patch16_224`` without its classifier: the CLS token after the final norm, 384-d.
 
-    Images in [0, 1] are normalised with the ImageNet mean/std inside. ``pretrained`` is a local
+    Images in [0, 1] are normalised inside: ``normalization="imagenet"`` (the ImageNet mean/std, as DINO's
+    weights expect) or ``"half"`` (mean = std = 0.5, as timm's ``vit_small_patch16_224`` weights and the
+    BGFormer authors' release). ``pretrained`` is a local
     file: a torch checkpoint (``.pth``/``.pt``, e.g. DINO's ``dino_deitsmall16_pretrain.pth`` or a
     timm state dict) or timm's ``.safetensors``; a classifier ``head.*`` in it is ignored.
 
     Shapes: images (B, 3, H, W) → (B, 384).
     """
 
-    def __init__(self, pretrained: Optional[str] = None, grad_checkpointing: bool = False) -> None:
-        super().__init__(grad_checkpointing=grad_checkpointing)
+    def __init__(self, pretrained: Optional[str] = None, grad_checkpointing: bool = False,
+                 normalization: str = "imagenet") -> None:
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
+        mean, std = NORMALIZATIONS[normalization]
+        super().__init__(mean=mean, std=std, grad_checkpointing=grad_checkpointing)
+        self.normalization = normalization
         self.net = _create_vit_small()
         if pretrained:
             load_weights(self.net, pretrained, "timm ViT-S/16", ignore_prefixes=("head.",))

@@ -9,11 +9,12 @@ import torch
 from PIL import Image
 
 from pygml.app.builders import (build_backbone, build_datasets, build_evaluator, build_loss, build_method,
-                                build_transforms_of, construct)
+                                build_sampler, build_transforms_of, construct)
 from pygml.app.config import ConfigError, load_config
-from pygml.data import ClassSubset, DatasetSplits, Digits, Glyphs
+from pygml.data import ClassPassSampler, ClassSubset, DatasetSplits, Digits, Glyphs, IntraBatchSampler, PKSampler
 from pygml.evaluation import RetrievalEvaluator
-from pygml.losses import ClassifierCELoss, ContrastiveCELoss, NormalizedSoftmaxLoss, ProxyGMLLoss
+from pygml.losses import (ClassifierCELoss, ContrastiveCELoss, NormalizedSoftmaxLoss, PairwiseInfoNCELoss,
+                          ProxyGMLLoss)
 from pygml.methods import Baseline, BGFormer, IntraBatch, ProxyGML
 from pygml.models import SmallCNN
 
@@ -165,6 +166,44 @@ def test_build_loss():
     cfg = cfg_of("loss.name=normalized_softmax", "loss.options.temperature=0.1")
     loss = build_loss(cfg.loss, cfg.miner, 7, 16)
     assert isinstance(loss, NormalizedSoftmaxLoss) and loss.weight.shape == (7, 16) and loss.temperature == 0.1
+    cfg = cfg_of("loss.name=pairwise_infonce", "loss.options={temperature: 0.1, views: 4}")
+    loss = build_loss(cfg.loss, cfg.miner, 7, 16)
+    assert isinstance(loss, PairwiseInfoNCELoss) and loss.temperature == 0.1 and loss.views == 4
+
+
+# ---------------------------------------------------------------- samplers
+
+@pytest.mark.parametrize("name, cls", [("pk", PKSampler), ("intra_batch", IntraBatchSampler),
+                                       ("class_pass", ClassPassSampler)])
+def test_build_sampler_reads_the_train_section(name, cls):
+    labels = np.repeat(np.arange(12), 7)
+    cfg = cfg_of(f"train.sampler={name}", "train.classes_per_batch=4", "train.samples_per_class=3", "train.seed=5")
+    sampler = build_sampler(cfg.train, labels, rank=1, world_size=2)
+    assert type(sampler) is cls and (sampler.seed, sampler.rank, sampler.world_size) == (5, 1, 2)
+    batches = list(sampler)
+    assert len(batches) == sampler.num_batches > 0
+    for batch in batches:  # every class of a batch with K images (the official sampler: K per chunk)
+        _, counts = np.unique(labels[batch], return_counts=True)
+        assert len(batch) == 12 and (counts % 3 == 0).all()
+
+
+def test_build_sampler_redraw_pk_and_its_errors():
+    labels = np.repeat(np.arange(30), 11)
+    cfg = cfg_of("train.sampler=intra_batch", "train.redraw_pk=true", "train.classes_per_batch=6",
+                 "train.samples_per_class=4")
+    sampler = build_sampler(cfg.train, labels)
+    lengths = set()
+    for epoch in range(8):  # a new P×K every epoch, and with it the epoch's number of batches
+        sampler.set_epoch(epoch)
+        lengths.add(sampler.num_batches)
+        assert all(len(b) == 24 for b in sampler)
+    assert len(lengths) > 1
+    with pytest.raises(ConfigError, match=r"config key 'train.redraw_pk' .*unless train.sampler=intra_batch"):
+        cfg_of("train.redraw_pk=true")
+    with pytest.raises(ConfigError, match=r"config key 'train.sampler'"):
+        cfg_of("train.sampler=official")
+    with pytest.raises(ConfigError, match=r"config key 'train.classes_per_batch'"):
+        build_sampler(cfg_of("train.sampler=class_pass", "train.classes_per_batch=40").train, labels)
 
 
 # ---------------------------------------------------------------- data and transforms
@@ -183,6 +222,23 @@ def test_build_transforms_of_reads_the_data_section():
                            (["data.augmentation=imagenet", "data.crop_scale=[0.5,0.1]"], "data.crop_scale")):
         with pytest.raises(ConfigError, match=rf"config key '{key}'"):
             build_transforms_of(cfg_of(*overrides).data)
+
+
+def test_random_erasing_parameters_come_from_the_data_section():
+    train, _ = build_transforms_of(cfg_of("data.random_erasing=1.0", "data.random_erasing_scale=[0.3,0.35]",
+                                          "data.random_erasing_ratio=[1.0,1.0]",
+                                          "data.random_erasing_value=[0.25,0.5,0.75]").data)
+    erase = train.transforms[-1]
+    assert erase.scale == (0.3, 0.35) and erase.ratio == (1.0, 1.0) and erase.value == [0.25, 0.5, 0.75]
+    image = Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8))
+    out = train(image)
+    erased = (out > 0).all(dim=0)  # an opaque square of 30–35 % of the image, filled per channel
+    assert 0.28 <= erased.float().mean() <= 0.37
+    torch.testing.assert_close(out[:, erased].mean(dim=1), torch.tensor([0.25, 0.5, 0.75]))
+    for key, value in (("random_erasing_scale", "[0.5,0.2]"), ("random_erasing_ratio", "[0,1]"),
+                       ("random_erasing_value", "[0.1,0.2]")):
+        with pytest.raises(ConfigError, match=rf"config key 'data.{key}'"):
+            cfg_of(f"data.{key}={value}")
 
 
 def test_build_datasets_digits_with_validation(tiny_config):
@@ -268,3 +324,16 @@ def test_build_evaluator():
                                     "mean_average_precision_at_r"}
     with pytest.raises(ConfigError, match=r"config key 'eval\.search': search='IVF4,PQ3' is not a faiss index"):
         build_evaluator(cfg_of("eval.search=IVF4,PQ3"))
+
+
+def test_model_normalization_reaches_the_vit_and_is_refused_elsewhere():
+    pytest.importorskip("timm")
+    vit = ["model.backbone=vit_s16", "model.width=32"]
+    net = build_backbone(cfg_of(*vit, "model.normalization=half").model)
+    assert net.mean.flatten().tolist() == net.std.flatten().tolist() == [0.5, 0.5, 0.5]
+    net = build_backbone(cfg_of(*vit).model)
+    torch.testing.assert_close(net.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    with pytest.raises(ConfigError, match=r"config key 'model.normalization'.*one of imagenet, half"):
+        build_backbone(cfg_of(*vit, "model.normalization=inception").model)
+    with pytest.raises(ConfigError, match=r"config key 'model.normalization' is 'half', but model.backbone=small_cnn"):
+        build_backbone(cfg_of("model.normalization=half").model)

@@ -4,6 +4,7 @@ uninterrupted run; a non-finite loss is stopped or skipped; the loop's parts dri
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -127,3 +128,21 @@ def test_the_loop_s_parts_drive_a_run_as_train_does(tmp_path, tiny_config):
     a = load_checkpoint(tmp_path / "train" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "hand" / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("overrides, steps", [
+    (("train.sampler=class_pass",), [2, 4]),  # 5 training classes, 4 a batch: one pass is 2 batches
+    (("train.sampler=intra_batch", "train.redraw_pk=true"), None),  # an epoch's length changes with its P×K
+])
+def test_a_run_trains_each_epoch_of_its_sampler(tiny_config, tmp_path, overrides, steps):
+    cfg = tiny_config("train.epochs=3", "train.max_steps_per_epoch=0", "train.eval_every=3", *overrides)
+    run = setup(cfg)
+    expected = []
+    for epoch in range(3):
+        run.sampler.set_epoch(epoch)
+        expected.append(run.sampler.num_batches)
+    result = train(cfg)
+    log = pd.read_csv(tmp_path / "log.csv")
+    assert list(log["step"]) == list(np.cumsum(expected)) and result["global_step"] == sum(expected)
+    if steps is not None:
+        assert list(log["step"])[:2] == steps

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from pygml.losses import ContrastiveCELoss
+from pygml.losses import ContrastiveCELoss, PairwiseInfoNCELoss
 from pygml.methods import BGFormer, BGFormerGraph
 from pygml.models import SmallCNN
 
@@ -40,11 +40,13 @@ def test_method_forward_trains_backbone_head_and_blocks():
     assert n_params == len([p for p in method.parameters() if p.requires_grad])
 
 
-def test_defaults_and_the_two_losses():
-    method = tiny_method().eval()  # eval: the same network in both passes
+@pytest.mark.parametrize("loss", [None, ContrastiveCELoss(0.2)])
+def test_defaults_and_the_two_losses(loss):
+    method = tiny_method(loss=loss).eval()  # eval: the same network in both passes
     assert (method.backbone_weight, method.graph_weight) == (0.01, 0.99)  # α = 0.01
     assert len(method.graph.blocks) == 2 and method.graph.graph == "attention_topk"
-    assert method.head.init == "orthogonal" and isinstance(method.loss, ContrastiveCELoss)
+    # the default: the authors' pairwise InfoNCE over views; the SupCon-style loss when given
+    assert method.head.init == "orthogonal" and isinstance(method.loss, type(loss) if loss else PairwiseInfoNCELoss)
     assert method.loss.temperature == 0.2
     assert "lr" not in {g["name"]: g for g in method.param_groups()}["graph"]  # block_lr None: the optimiser's
     images, labels = tiny_batch()

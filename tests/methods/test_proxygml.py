@@ -45,6 +45,18 @@ def test_method_forward_gradients_and_warmup():
     assert len(groups["backbone"]["params"]) == len(list(method.backbone.parameters()))
 
 
+@pytest.mark.parametrize("start, warmup, frozen", [(0, 1, [True, False, False]), (1, 1, [False, True, False]),
+                                                   (1, 2, [False, True, True]), (0, 0, [False, False, False])])
+def test_the_warmup_starts_at_its_epoch(start, warmup, frozen):
+    method = tiny_method(warmup_epochs=warmup, warmup_start_epoch=start).train()
+    bn = next(m for m in method.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    for epoch, expected in enumerate(frozen):
+        method.set_epoch(epoch)
+        method.train()
+        assert method.backbone_frozen == expected and bn.training != expected
+        assert all(p.requires_grad != expected for p in method.backbone.parameters())
+
+
 def test_loss_is_proxygml_of_the_head_output():
     torch.manual_seed(1)
     method = tiny_method(lambda_reg=0.5, warmup_epochs=0).eval()
@@ -98,5 +110,7 @@ def test_constructor_errors():
         ProxyGML(SmallCNN(width=4), num_classes=1)
     with pytest.raises(ValueError, match="warmup_epochs must be >= 0"):
         tiny_method(warmup_epochs=-1)
+    with pytest.raises(ValueError, match="warmup_start_epoch must be >= 0"):
+        tiny_method(warmup_start_epoch=-1)
     with pytest.raises(ValueError, match="r must lie in"):
         tiny_method(r=1.5)
