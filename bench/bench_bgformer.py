@@ -9,6 +9,9 @@ turns run by run so that a load from elsewhere on the machine falls on all of th
   ``torch.nn.MultiheadAttention`` with a boolean mask of the same graph, and (b) PyG's
   ``TransformerConv`` (6 heads × 64, no root weight) on the same ``edge_index``;
 * ``SSAConv`` with the edge-wise kernel against ``TransformerConv`` (for the record, no target);
+* ``SSAConv(top_k=K)``, the authors' attention graph (each head keeps the K highest logits among all B
+  tokens: the full batch graph as candidates), against the same computed densely as the authors' block
+  does it: qkv projection, q·kᵀ, ``topk``, softmax over the kept logits, product with v, projection;
 * the whole ``BGFormerBlock`` against a dense pre-norm ``nn.TransformerEncoderLayer`` of the same size
   and mask (no target);
 * the share of a training step: the graph part (``batch_graph`` + one block + the head on both row
@@ -60,6 +63,24 @@ def _interleaved(fns: dict, repeat: int) -> dict:
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
+class DenseTopK(nn.Module):
+    """Dense per-head top-K attention: the reference for ``SSAConv(top_k=K)`` on the full batch graph."""
+
+    def __init__(self, c: int, heads: int, k: int) -> None:
+        super().__init__()
+        self.heads, self.k = heads, k
+        self.qkv = nn.Linear(c, 3 * c)
+        self.proj = nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape
+        q, k, v = self.qkv(x).view(b, 3, self.heads, c // self.heads).permute(1, 2, 0, 3)
+        logits = q @ k.transpose(-1, -2) * (c // self.heads) ** -0.5  # (H, B, B)
+        top, idx = logits.topk(min(self.k, b), dim=-1)
+        attn = torch.full_like(logits, float("-inf")).scatter(-1, idx, top).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(0, 1).reshape(b, c))
+
+
 def _rows(b: int, k: int, c: int, heads: int, repeat: int) -> list[dict]:
     torch.manual_seed(0)
     x = torch.randn(b, c, requires_grad=True)
@@ -73,6 +94,9 @@ def _rows(b: int, k: int, c: int, heads: int, repeat: int) -> list[dict]:
     ssa_sparse = SSAConv(c, heads, kernel="sparse")
     mha = nn.MultiheadAttention(c, heads)
     tconv = TransformerConv(c, c // heads, heads=heads, root_weight=False)
+    full = edges_of_type(batch_graph(x.detach(), y, k=None), VISUAL)  # every pair, self loops included
+    ssa_topk = SSAConv(c, heads, top_k=k)
+    dense_topk = DenseTopK(c, heads, k)
     block = BGFormerBlock(c, heads)
     layer = nn.TransformerEncoderLayer(c, heads, 4 * c, dropout=0.0, activation="gelu", norm_first=True)
     t = _interleaved({
@@ -80,17 +104,21 @@ def _rows(b: int, k: int, c: int, heads: int, repeat: int) -> list[dict]:
         "dense": _fwd_bwd(lambda: mha(x, x, x, attn_mask=blocked, need_weights=False)[0], x),
         "tconv": _fwd_bwd(lambda: tconv(x, edges), x),
         "sparse": _fwd_bwd(lambda: ssa_sparse(x, edges), x),
+        "topk": _fwd_bwd(lambda: ssa_topk(x, full), x),
+        "dense_topk": _fwd_bwd(lambda: dense_topk(x), x),
         "block": _fwd_bwd(lambda: block(graph), x),
         "layer": _fwd_bwd(lambda: layer(x, src_mask=blocked), x),
     }, repeat)
-    t_ours, t_dense, t_tconv, t_sparse, t_block, t_layer = (
-        t[n] for n in ("ours", "dense", "tconv", "sparse", "block", "layer"))
+    t_ours, t_dense, t_tconv, t_sparse, t_block, t_layer, t_topk, t_dense_topk = (
+        t[n] for n in ("ours", "dense", "tconv", "sparse", "block", "layer", "topk", "dense_topk"))
 
     size = f"B={b} K={k} C={c} H={heads}"
     return [
         row(f"SSAConv fwd+bwd, {size}", t_ours, t_dense, 1.0, reference_name="dense masked nn.MultiheadAttention"),
         row(f"SSAConv fwd+bwd, {size}", t_ours, t_tconv, 1.2, reference_name="PyG TransformerConv"),
         row(f"SSAConv kernel=sparse fwd+bwd, {size}", t_sparse, t_tconv, None, reference_name="PyG TransformerConv"),
+        row(f"SSAConv top_k={k} fwd+bwd, full batch graph, B={b} C={c} H={heads}", t_topk, t_dense_topk, 1.2,
+            reference_name="dense top-K attention (qkv, q·kᵀ, topk, softmax)"),
         row(f"BGFormerBlock fwd+bwd, {size}", t_block, t_layer, None,
             reference_name="dense pre-norm nn.TransformerEncoderLayer"),
     ]

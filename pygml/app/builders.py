@@ -173,7 +173,8 @@ SAMPLERS = {"pk": PKSampler, "intra_batch": IntraBatchSampler, "class_pass": Cla
 
 def build_sampler(train: Any, labels: Any, rank: int = 0, world_size: int = 1) -> Any:
     """The batch sampler of a ``train`` section over the training ``labels``."""
-    options = {"redraw_pk": train.redraw_pk} if train.sampler == "intra_batch" else {}
+    options = ({"redraw_pk": train.redraw_pk} if train.sampler == "intra_batch" else
+               {"reshuffle": train.reshuffle_classes} if train.sampler == "class_pass" else {})
     return construct("train", SAMPLERS[train.sampler], labels, classes_per_batch=train.classes_per_batch,
                      samples_per_class=train.samples_per_class, seed=train.seed, rank=rank, world_size=world_size,
                      **options)

@@ -188,6 +188,8 @@ class TrainConfig:
     sampler: str = "pk"
     #: intra_batch sampler: draw a new P×K factorisation of the batch size every epoch (its CUB config)
     redraw_pk: bool = False
+    #: class_pass sampler: a new class order every epoch (``false``: the BGFormer release's one order for all epochs)
+    reshuffle_classes: bool = True
     #: stop each epoch after this many batches (0 = the sampler's full epoch)
     max_steps_per_epoch: int = 0
     seed: int = 0
@@ -225,6 +227,8 @@ class TrainConfig:
             (self.samples_per_class >= 1, "samples_per_class", "a positive number of images"),
             (self.sampler in SAMPLER_NAMES, "sampler", f"one of {', '.join(SAMPLER_NAMES)}"),
             (not self.redraw_pk or self.sampler == "intra_batch", "redraw_pk", "false unless train.sampler=intra_batch"),
+            (self.reshuffle_classes or self.sampler == "class_pass", "reshuffle_classes",
+             "true unless train.sampler=class_pass"),
             (self.max_steps_per_epoch >= 0, "max_steps_per_epoch", "a number of batches >= 0 (0 = full epoch)"),
             (self.amp in AMP_MODES, "amp", f"one of {', '.join(AMP_MODES)}"),
             (self.nonfinite in NONFINITE_POLICIES, "nonfinite", f"one of {', '.join(NONFINITE_POLICIES)}"),

@@ -202,6 +202,15 @@ def test_build_sampler_redraw_pk_and_its_errors():
         cfg_of("train.redraw_pk=true")
     with pytest.raises(ConfigError, match=r"config key 'train.sampler'"):
         cfg_of("train.sampler=official")
+    with pytest.raises(ConfigError, match=r"config key 'train.reshuffle_classes'"):
+        cfg_of("train.reshuffle_classes=false")
+    fixed = build_sampler(cfg_of("train.sampler=class_pass", "train.reshuffle_classes=false",
+                                 "train.classes_per_batch=6").train, labels)
+    orders = []
+    for epoch in range(3):  # the same classes share a batch in every epoch
+        fixed.set_epoch(epoch)
+        orders.append([sorted(set(labels[b])) for b in fixed])
+    assert orders[0] == orders[1] == orders[2]
     with pytest.raises(ConfigError, match=r"config key 'train.classes_per_batch'"):
         build_sampler(cfg_of("train.sampler=class_pass", "train.classes_per_batch=40").train, labels)
 

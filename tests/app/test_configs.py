@@ -50,8 +50,9 @@ def test_the_paper_configs_model_section_builds_its_backbone(name, cls):
     cfg = load_config(PACKAGED_CONFIGS / name / "cub.yaml", ["model.pretrained=null"])
     net = build_backbone(cfg.model)
     assert isinstance(net, cls) and net.pool.mode == cfg.model.pooling
-    if cfg.model.frozen_bn:
-        assert net.frozen_bn and not any(p.requires_grad for n, p in net.named_parameters() if "_bn." in n)
+    if cfg.model.frozen_bn:  # statistics fixed; the affine parameters train as in the official --freeze_BN
+        bn = [p.requires_grad for n, p in net.named_parameters() if "_bn." in n]
+        assert net.frozen_bn and bn and all(r == cfg.model.frozen_bn_affine for r in bn)
 
 
 @pytest.mark.parametrize("path", configs_of("intra_batch"), ids=lambda p: p.stem)
@@ -85,13 +86,27 @@ def test_proxygml_configs(path):
         assert list(cfg.optim.milestones) == [20, 40] and cfg.train.epochs == 50
 
 
+#: the BGFormer release's λ, α, block learning rate and epochs per dataset
+RELEASE = {"cub": (0.3, 0.01, 8.5e-4, 50), "cars": (0.1, 0.07, 1e-3, 150), "sop": (0.7, 0.07, 1e-4, 30),
+           "inshop": (0.3, 0.01, 1e-4, 50)}
+
+
 @pytest.mark.parametrize("path", configs_of("bgformer"), ids=lambda p: p.stem)
 def test_bgformer_configs(path):
     cfg = load_config(path)
     assert cfg.method == "bgformer"
     assert cfg.optim.name == "adamw"
     assert cfg.bgformer.temperature == 0.2
-    if path.stem != "glyphs":
-        assert cfg.train.classes_per_batch * cfg.train.samples_per_class == 405
-        assert cfg.model.embedding_dim == 128 and cfg.bgformer.k == 30
+    if path.stem != "glyphs":  # the release's values (methods.md section 3, docs/fidelity.md)
+        assert cfg.train.classes_per_batch * cfg.train.samples_per_class == 405 and cfg.train.sampler == "class_pass"
+        assert cfg.model.embedding_dim == 128 and cfg.bgformer.k == (20 if path.stem == "inshop" else 30)
+        mix, alpha, block_lr, epochs = RELEASE[path.stem]
+        assert (cfg.bgformer.mix, cfg.bgformer.alpha, cfg.bgformer.block_lr, cfg.train.epochs) == \
+            (mix, alpha, block_lr, epochs)
+        assert (cfg.bgformer.depth, cfg.bgformer.heads, cfg.bgformer.variant, cfg.bgformer.graph) == \
+            (2, 8, "v1", "attention_topk")
+        assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.milestones, cfg.optim.clip_grad_norm) == \
+            (3e-5, 5e-5, [], 3.0)
+        assert (cfg.loss.name, cfg.model.head_init, cfg.data.crop_scale, cfg.data.interpolation) == \
+            ("pairwise_infonce", "orthogonal", [0.2, 1.0], "bicubic")
     assert cfg.bgformer.k < cfg.train.classes_per_batch * cfg.train.samples_per_class
