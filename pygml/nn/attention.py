@@ -361,8 +361,12 @@ class EdgeAttention(MessagePassing):
         score = (q * self.scale) @ k.transpose(1, 2)  # (H, N, N): [h, i, j] for the edge j -> i
         weight = count
         if self.top_k is not None:
-            keep = topk_dense(score.detach(), count > 0, self.top_k)
-            weight = count * keep
+            member = count > 0
+            keep = topk_dense(score.detach(), member, self.top_k)
+            if self.normalization == "minmax":
+                weight = count * keep
+            else:  # -inf outside the kept set (rows with in-edges), so the log-multiplicity stays (N, N)
+                score = score.masked_fill(~keep & member.any(dim=-1, keepdim=True), -math.inf)
         attn = _dense_normalize(self.normalization, score, weight)
         alpha = kept = None
         if need_weights:
