@@ -4,31 +4,16 @@ ValueError naming the argument."""
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from pygml.checks import value_checks
 from pygml.graph import VISUAL, batch_graph, edges_of_type
 from pygml.nn import BGFormerBlock, IntraBatchAttention, SSAConv
+from tests.strategies import SETTINGS, labelled_rows
 
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@st.composite
-def batches(draw, max_n=12, max_classes=3):
-    n = draw(st.integers(1, max_n))
-    d = draw(st.integers(1, 6))
-    pattern = draw(st.sampled_from(["one class", "all distinct", "random"]))
-    if pattern == "one class":
-        y = [0] * n
-    elif pattern == "all distinct":
-        y = list(range(n))
-    else:
-        y = draw(st.lists(st.integers(0, max_classes), min_size=n, max_size=n))
-    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
-    seed = draw(st.integers(0, 2**16))
-    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed)).to(dtype)
-    return x, torch.tensor(y, dtype=torch.long)
+def batches():
+    return labelled_rows(max_n=12, max_classes=3)
 
 
 @SETTINGS

@@ -12,12 +12,12 @@ from pygml.data.files import csv_splits, folder_splits, list_image_tree, read_ma
 from pygml.data.glyphs import GlyphFontsError, Glyphs
 from pygml.data.images import CorruptImageError, ImageFiles, decode_image, find_unreadable
 from pygml.data.official_sampler import ClassPassSampler, IntraBatchSampler
-from pygml.data.sampler import PKSampler
+from pygml.data.sampler import EpochSampler, PKSampler
 from pygml.data.small import FASHION_MNIST_ROOT, Digits, FashionMNIST
 from pygml.data.transforms import build_transforms
 
 __all__ = [
-    "BENCHMARKS", "CUB200", "Cars196", "ClassPassSampler", "IntraBatchSampler", "ClassSubset", "CorruptImageError", "DatasetSplits", "Digits",
+    "BENCHMARKS", "CUB200", "Cars196", "ClassPassSampler", "EpochSampler", "IntraBatchSampler", "ClassSubset", "CorruptImageError", "DatasetSplits", "Digits",
     "FASHION_MNIST_ROOT", "FashionMNIST", "GlyphFontsError", "Glyphs", "GrayImages", "ImageFiles", "InShop",
     "PKSampler", "RetrievalDataset", "StanfordOnlineProducts", "benchmark_splits", "build_transforms",
     "carve_validation", "csv_splits", "decode_image", "find_unreadable", "folder_splits", "hold_out_classes",

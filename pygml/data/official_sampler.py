@@ -20,53 +20,34 @@ of W), ``num_batches`` per process. Only numpy draws the samples, from generator
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from pygml.data.sampler import EpochSampler, as_labels, check_int
+
 Labels = Union[np.ndarray, torch.Tensor, Sequence[int]]
-
-
-def _labels(labels: Labels) -> np.ndarray:
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise ValueError(f"labels must be 1-D (one class label per dataset index), got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError("labels is empty: the dataset has no samples")
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"labels must hold integer class labels, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
-
-
-def _int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _rng(seed: int, epoch: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, epoch], spawn_key=key))
 
 
-class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
+class _EpochBatchSampler(EpochSampler):
     """Epoch, position, sharding and state of a batch sampler whose epoch is a global list of batches.
 
     A subclass gives ``batches_per_round(epoch)`` and ``_round(epoch, r)`` (the r-th independent round
     of the epoch's batches, a list of index arrays)."""
 
     def __init__(self, labels: Labels, seed: int, rank: int, world_size: int, num_batches: Optional[int]) -> None:
-        labels = _labels(labels)
-        self.seed = _int("seed", seed, 0)
-        self.world_size = _int("world_size", world_size, 1)
-        self.rank = _int("rank", rank, 0)
+        labels = as_labels(labels)
+        self.seed = check_int("seed", seed, 0)
+        self.world_size = check_int("world_size", world_size, 1)
+        self.rank = check_int("rank", rank, 0)
         if self.rank >= self.world_size:
             raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
-        self._fixed_batches = None if num_batches is None else _int("num_batches", num_batches, 1)
+        self._fixed_batches = None if num_batches is None else check_int("num_batches", num_batches, 1)
         classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
         self.num_samples = labels.size
         self.num_classes = classes.size
@@ -95,38 +76,10 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
             return self._fixed_batches
         return self.batches_per_round() // self.world_size
 
-    def __len__(self) -> int:
-        """Batches the next iteration yields: ``num_batches - start``."""
-        return self.num_batches - self.start
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose batches the next iteration yields; a new epoch starts at batch 0."""
-        epoch = _int("epoch", epoch, 0)
-        if epoch != self.epoch:
-            self.start = 0
-        self.epoch = epoch
-
-    def set_position(self, batches_done: int) -> None:
-        """Skip the first ``batches_done`` batches of this process's share of the current epoch."""
-        batches_done = _int("batches_done", batches_done, 0)
-        if batches_done > self.num_batches:
-            raise ValueError(f"batches_done={batches_done} exceeds the epoch's {self.num_batches} batches")
-        self.start = batches_done
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "seed": self.seed, "start": self.start}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        missing = {"epoch", "seed", "start"} - set(state)
-        if missing:
-            raise ValueError(f"sampler state is missing {sorted(missing)}; expected keys epoch, seed, start")
-        self.seed = _int("seed", state["seed"], 0)
-        self.epoch = _int("epoch", state["epoch"], 0)
-        self.set_position(state["start"])
 
     def epoch_batches(self, epoch: Optional[int] = None) -> list[np.ndarray]:
         """The global list of batches of an epoch, shared by all processes (num_batches · W of them)."""
-        epoch = self.epoch if epoch is None else _int("epoch", epoch, 0)
+        epoch = self.epoch if epoch is None else check_int("epoch", epoch, 0)
         per_round = self.batches_per_round(epoch)
         if self._fixed_batches is None:
             total = per_round // self.world_size * self.world_size
@@ -189,8 +142,8 @@ class IntraBatchSampler(_EpochBatchSampler):
     def __init__(self, labels: Labels, classes_per_batch: int, samples_per_class: int, *, redraw_pk: bool = False,
                  seed: int = 0, rank: int = 0, world_size: int = 1, num_batches: Optional[int] = None) -> None:
         super().__init__(labels, seed, rank, world_size, num_batches)
-        self.classes_per_batch = _int("classes_per_batch", classes_per_batch, 1)
-        self.samples_per_class = _int("samples_per_class", samples_per_class, 1)
+        self.classes_per_batch = check_int("classes_per_batch", classes_per_batch, 1)
+        self.samples_per_class = check_int("samples_per_class", samples_per_class, 1)
         self.redraw_pk = bool(redraw_pk)
         size = self.batch_size
         if self.redraw_pk:
@@ -215,7 +168,7 @@ class IntraBatchSampler(_EpochBatchSampler):
         """(P, K) of an epoch (the current one by default)."""
         if not self.redraw_pk:
             return self.classes_per_batch, self.samples_per_class
-        epoch = self.epoch if epoch is None else _int("epoch", epoch, 0)
+        epoch = self.epoch if epoch is None else check_int("epoch", epoch, 0)
         return self.factorisations[int(_rng(self.seed, epoch, 0).integers(len(self.factorisations)))]
 
     def chunks_per_round(self, k: Optional[int] = None) -> int:
@@ -281,8 +234,8 @@ class ClassPassSampler(_EpochBatchSampler):
                  rank: int = 0, world_size: int = 1, num_batches: Optional[int] = None, drop_last: bool = False,
                  reshuffle: bool = True) -> None:
         super().__init__(labels, seed, rank, world_size, num_batches)
-        self.classes_per_batch = _int("classes_per_batch", classes_per_batch, 1)
-        self.samples_per_class = _int("samples_per_class", samples_per_class, 1)
+        self.classes_per_batch = check_int("classes_per_batch", classes_per_batch, 1)
+        self.samples_per_class = check_int("samples_per_class", samples_per_class, 1)
         self.drop_last = bool(drop_last)
         self.reshuffle = bool(reshuffle)
         if self.classes_per_batch > self.num_classes:

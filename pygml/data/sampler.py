@@ -18,7 +18,7 @@ import torch
 SMALL_CLASSES = ("replace", "drop")
 
 
-def _as_labels(labels: Union[np.ndarray, torch.Tensor, Sequence[int]]) -> np.ndarray:
+def as_labels(labels: Union[np.ndarray, torch.Tensor, Sequence[int]]) -> np.ndarray:
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
     arr = np.asarray(labels)
@@ -31,7 +31,7 @@ def _as_labels(labels: Union[np.ndarray, torch.Tensor, Sequence[int]]) -> np.nda
     return arr.astype(np.int64, copy=False)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
+def check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an int, got {value!r}")
     if value < minimum:
@@ -57,7 +57,49 @@ def max_batches(chunks_per_class: np.ndarray, classes_per_batch: int) -> int:
     return lo
 
 
-class PKSampler(torch.utils.data.Sampler[list[int]]):
+class EpochSampler(torch.utils.data.Sampler[list[int]]):
+    """The epoch, position and state of a resumable batch sampler (the base of pygml's samplers).
+
+    A subclass sets ``seed``, ``epoch = 0`` and ``start = 0`` and gives ``num_batches`` (the batches of the
+    current epoch for this process) and ``__iter__`` (those batches from ``start`` on).
+    """
+
+    seed: int
+    epoch: int
+    start: int
+    num_batches: int  # an attribute or a property of the subclass
+
+    def __len__(self) -> int:
+        """Batches the next iteration yields: ``num_batches - start``."""
+        return self.num_batches - self.start
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose batches the next iteration yields; a new epoch starts at batch 0."""
+        epoch = check_int("epoch", epoch, 0)
+        if epoch != self.epoch:
+            self.start = 0
+        self.epoch = epoch
+
+    def set_position(self, batches_done: int) -> None:
+        """Skip the first ``batches_done`` batches of this process's share of the current epoch."""
+        batches_done = check_int("batches_done", batches_done, 0)
+        if batches_done > self.num_batches:
+            raise ValueError(f"batches_done={batches_done} exceeds the epoch's {self.num_batches} batches")
+        self.start = batches_done
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "seed": self.seed, "start": self.start}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        missing = {"epoch", "seed", "start"} - set(state)
+        if missing:
+            raise ValueError(f"sampler state is missing {sorted(missing)}; expected keys epoch, seed, start")
+        self.seed = check_int("seed", state["seed"], 0)
+        self.epoch = check_int("epoch", state["epoch"], 0)
+        self.set_position(state["start"])
+
+
+class PKSampler(EpochSampler):
     r"""Batch sampler of P classes × K samples per class, deterministic given ``(seed, epoch)``.
 
     **One epoch** (the global list of batches, the same in every process) is built from a NumPy
@@ -121,12 +163,12 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
         num_batches: Optional[int] = None,
         small_classes: str = "replace",
     ) -> None:
-        labels = _as_labels(labels)
-        self.classes_per_batch = _check_int("classes_per_batch", classes_per_batch, 1)
-        self.samples_per_class = _check_int("samples_per_class", samples_per_class, 1)
-        self.seed = _check_int("seed", seed, 0)
-        self.world_size = _check_int("world_size", world_size, 1)
-        self.rank = _check_int("rank", rank, 0)
+        labels = as_labels(labels)
+        self.classes_per_batch = check_int("classes_per_batch", classes_per_batch, 1)
+        self.samples_per_class = check_int("samples_per_class", samples_per_class, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.world_size = check_int("world_size", world_size, 1)
+        self.rank = check_int("rank", rank, 0)
         if self.rank >= self.world_size:
             raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
         if small_classes not in SMALL_CLASSES:
@@ -162,7 +204,7 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
                     f"world_size={self.world_size}: lower classes_per_batch or set num_batches"
                 )
         else:
-            self.num_batches = _check_int("num_batches", num_batches, 1)
+            self.num_batches = check_int("num_batches", num_batches, 1)
         self.epoch = 0
         self.start = 0
 
@@ -171,34 +213,6 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
         """P·K, the number of indices in every batch."""
         return self.classes_per_batch * self.samples_per_class
 
-    def __len__(self) -> int:
-        """Batches the next iteration yields: ``num_batches - start``."""
-        return self.num_batches - self.start
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose batches the next iteration yields; a new epoch starts at batch 0."""
-        epoch = _check_int("epoch", epoch, 0)
-        if epoch != self.epoch:
-            self.start = 0
-        self.epoch = epoch
-
-    def set_position(self, batches_done: int) -> None:
-        """Skip the first ``batches_done`` batches of this process's share of the current epoch."""
-        batches_done = _check_int("batches_done", batches_done, 0)
-        if batches_done > self.num_batches:
-            raise ValueError(f"batches_done={batches_done} exceeds the epoch's {self.num_batches} batches")
-        self.start = batches_done
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "seed": self.seed, "start": self.start}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        missing = {"epoch", "seed", "start"} - set(state)
-        if missing:
-            raise ValueError(f"sampler state is missing {sorted(missing)}; expected keys epoch, seed, start")
-        self.seed = _check_int("seed", state["seed"], 0)
-        self.epoch = _check_int("epoch", state["epoch"], 0)
-        self.set_position(state["start"])
 
     def _round(self, rng: np.random.Generator) -> np.ndarray:
         """One round of the epoch: (batches_per_round, P·K) indices, steps 1-3 of the class docstring."""
@@ -239,7 +253,7 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
 
     def epoch_batches(self, epoch: Optional[int] = None) -> np.ndarray:
         """The global list of batches of an epoch, shared by all processes: (num_batches · W, P·K)."""
-        epoch = self.epoch if epoch is None else _check_int("epoch", epoch, 0)
+        epoch = self.epoch if epoch is None else check_int("epoch", epoch, 0)
         total = self.num_batches * self.world_size
         rounds = [
             self._round(np.random.default_rng([self.seed, epoch, r]))

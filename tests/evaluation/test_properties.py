@@ -6,30 +6,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from pygml.evaluation import evaluate
+from tests.strategies import SETTINGS, labelled_rows
 
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@st.composite
-def embeddings(draw, max_n=40, max_classes=6):
-    """(rows (n, d) float32 or float64, labels (n,)): one class, all distinct, or random labels."""
-    n = draw(st.integers(1, max_n))
-    d = draw(st.integers(1, 6))
-    pattern = draw(st.sampled_from(["one class", "all distinct", "random"]))
-    if pattern == "one class":
-        y = [0] * n
-    elif pattern == "all distinct":
-        y = list(range(n))
-    else:
-        y = draw(st.lists(st.integers(0, max_classes), min_size=n, max_size=n))
-    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
-    seed = draw(st.integers(0, 2**16))
-    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed)).to(dtype)
-    return x, torch.tensor(y, dtype=torch.long)
+def embeddings():
+    return labelled_rows(max_n=40, max_classes=6)
 
 
 @SETTINGS
