@@ -13,10 +13,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pygml.config import load_config
-from pygml.distributed import SyncBatchNorm, all_gather_with_grad, convert_sync_batchnorm, gather_rows, shard
-from pygml.engine import build_evaluator, build_optimizer, embed_dataset, evaluate_splits
-from pygml.methods import build_method
+from pygml.app.builders import build_evaluator, build_method
+from pygml.app.config import load_config
+from pygml.app.distributed import SyncBatchNorm, all_gather_with_grad, convert_sync_batchnorm, gather_rows, shard
+from pygml.app.evaluate import embed_split, evaluate_splits
+from pygml.app.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES, STEPS, HALF = 4, 3, 8
@@ -181,7 +182,7 @@ def _evaluate(overrides, rank: int = 0, world: int = 1) -> dict:
     torch.manual_seed(0)
     cfg = load_config(None, COMMON + overrides)
     method = build_method(cfg, NUM_CLASSES)
-    emb, labels = embed_dataset(method, _Images(37), batch_size=4, progress=False, sharded=True)
+    emb, labels = embed_split(method, _Images(37), batch_size=4, progress=False, sharded=True)
     metrics = evaluate_splits(method, _Splits(37), build_evaluator(cfg), batch_size=4, device=torch.device("cpu"),
                               progress=False, homophily=(2, 2))
     if rank != 0:

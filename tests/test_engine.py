@@ -4,10 +4,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pygml.checkpoint import CheckpointError, load_checkpoint
-from pygml.cli import eval_main, train_main
-from pygml.config import load_config
-from pygml.engine import NonFiniteLossError, StepSchedule, build_optimizer, build_scheduler, train
+from pygml.app.checkpoint import CheckpointError, load_checkpoint
+from pygml.app.cli import eval_main, train_main
+from pygml.app.config import load_config
+from pygml.app.engine import NonFiniteLossError, train
+from pygml.app.optim import StepSchedule, build_optimizer, build_scheduler
 from pygml.methods.baseline import Baseline
 
 pytest.importorskip("sklearn", reason="the digits dataset comes with scikit-learn (a dev dependency)")

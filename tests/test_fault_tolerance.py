@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pygml.checkpoint import load_checkpoint
+from pygml.app.checkpoint import load_checkpoint
 
 pytest.importorskip("sklearn", reason="the digits dataset comes with scikit-learn (a dev dependency)")
 

@@ -2,21 +2,20 @@
 
 A checkpoint is a dict of tensors and plain Python values (no pickled objects), so it loads with
 ``torch.load(weights_only=True)``. Writing goes to a temporary file in the same folder, flushed to
-disk, then renamed over the old checkpoint: a crash while writing leaves the previous file intact,
-and a half-written file is never at the checkpoint's path.
+disk, then renamed over the old checkpoint (:mod:`pygml.app.storage`): a crash or a full disk while
+writing leaves the previous file intact, and a half-written file is never at the checkpoint's path.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pygml.app.storage import atomic_write
 from pygml.models.weights import fit_state_dict
 
 FORMAT = "pygml-checkpoint"
@@ -28,27 +27,11 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``state`` to ``path`` atomically (:func:`pygml.app.storage.atomic_write`) in an existing folder;
+    a failed write raises a :class:`~pygml.app.storage.StorageError` naming the path and leaves the previous
+    checkpoint whole."""
     state = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed
-        stale.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, method: str | None = None) -> dict[str, Any]:
