@@ -79,7 +79,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _depth(labels: np.ndarray) -> int:
-    from pygml.evaluation import MIN_DEPTH
+    from pygml.evaluation.ranking import MIN_DEPTH
 
     return max(int(np.bincount(labels).max()) - 1, min(max(RECALL_AT), MIN_DEPTH))
 

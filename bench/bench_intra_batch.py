@@ -70,7 +70,7 @@ def run(quick: bool = False) -> list[dict]:
         ref_fn = _step(reference, x, xb, xb, xb, attn_mask=mask, need_weights=False)
         t_ours, t_edge, t_ref = _alternating_medians(
             [_step(ours, x, x, edge_index), _step(edgewise, x, x, edge_index), ref_fn], repeat)
-        kernel = "dense" if ours._dense(edge_index.size(1), n) else "edge-wise"
+        kernel = "dense" if ours.use_dense(n, edge_index.size(1)) else "edge-wise"
         size = f"B={n}, {channels} ch, {heads} heads, {graph_name}, fwd+bwd"
         target = 1.5 if graph_name == "full graph" else None
         rows.append(row(f"IntraBatchAttention auto ({kernel}), {size}", t_ours, t_ref, target,

@@ -1,6 +1,7 @@
 """Peak memory of one training step of each method at its paper's batch size and image size.
 
-Settings, from ``configs/<method>/<dataset>.yaml`` (random weights: memory does not depend on them):
+Settings, from the shipped configs ``<method>/<dataset>`` (``pygml/configs``; random weights: memory does not
+depend on them):
 
 * Intra-Batch, CUB (P×K = 6×9 = 54) and SOP (15×6 = 90): ResNet-50 at 227², MPN on the full graph;
 * ProxyGML, CUB: BN-Inception at 224², 32 images, 100 × 12 proxies (after the warm-up epoch);
@@ -39,7 +40,6 @@ if __package__ in (None, ""):
 
 from bench.common import row  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 #: (label, method, dataset config, overrides)
 SETTINGS = [
     ("Intra-Batch CUB 6x9 ResNet-50 227", "intra_batch", "cub", []),
@@ -55,13 +55,13 @@ QUICK_SHAPE = (2, 2, 64)
 
 
 def _config(method: str, dataset: str, overrides: list[str], quick: bool):
-    from pygml.config import load_config
+    from pygml.app.config import load_config
 
     extra = ["model.pretrained=null", "train.device=cpu"]
     if quick:
         p, k, size = QUICK_SHAPE
         extra += [f"train.classes_per_batch={p}", f"train.samples_per_class={k}", f"data.image_size={size}"]
-    return load_config(ROOT / "configs" / method / f"{dataset}.yaml", overrides + extra)
+    return load_config(f"{method}/{dataset}", overrides + extra)
 
 
 def _batch(cfg, device):
@@ -72,7 +72,7 @@ def _batch(cfg, device):
 
 
 def _method(cfg, num_classes: int):
-    from pygml.methods import build_method
+    from pygml.app.builders import build_method
 
     method = build_method(cfg, num_classes)
     method.set_epoch(getattr(method, "warmup_epochs", 0))  # ProxyGML: past the warm-up, all trained
@@ -88,7 +88,7 @@ def _step(method, optimizer, images, labels) -> None:
 
 def cuda_peak(cfg, num_classes: int) -> int:
     """Peak allocated CUDA bytes of one real training step."""
-    from pygml.engine import build_optimizer
+    from pygml.app.optim import build_optimizer
 
     device = torch.device("cuda")
     method = _method(cfg, num_classes).to(device)
@@ -126,8 +126,8 @@ def backbone_peak(cfg, fake: bool = True) -> tuple[int, int]:
     (no data, no arithmetic), or for real on the CPU with ``fake=False`` (to check the two agree)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from pygml.engine import build_optimizer
-    from pygml.models import build_backbone
+    from pygml.app.builders import build_backbone
+    from pygml.app.optim import build_optimizer
 
     with FakeTensorMode() if fake else contextlib.nullcontext():
         backbone = build_backbone(cfg.model).train()
@@ -149,7 +149,7 @@ def backbone_peak(cfg, fake: bool = True) -> tuple[int, int]:
 
 def head_peak(cfg, num_classes: int) -> int:
     """Peak tensor bytes of everything after the backbone, run for real on the CPU, minus its input."""
-    from pygml.engine import build_optimizer
+    from pygml.app.optim import build_optimizer
 
     method = _method(cfg, num_classes)
     out_dim = method.backbone.out_dim

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch_geometric.data import Data, HeteroData
 
 from pygml.checks import value_checks_enabled
+from pygml.neighbors import top_k
 
 VISUAL = 0
 LABEL = 1
@@ -104,8 +105,7 @@ def batch_graph(
         if k is None or k >= n - 1:
             adj = ~eye
         else:
-            scores = sim.masked_fill(eye, -math.inf)
-            nbr = scores.topk(k, dim=1).indices  # nbr[i] are i's neighbours j
+            _, nbr = top_k(sim, k, exclude=torch.arange(n, device=x.device))  # nbr[i] are i's neighbours j
             adj = torch.zeros(n, n, dtype=torch.bool, device=x.device)
             adj.scatter_(1, nbr, True)
         if self_loops:

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Debian packages pygml's embedded data needs: the fonts the glyphs dataset is rendered from and
-# Fashion-MNIST. Skips the install when everything is present already.
+# Fashion-MNIST; and Chromium, in which the tests render the evaluation report. Skips the install when
+# everything is present already.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # the font packages are those the glyphs manifest was made from (one list, in the manifest)
 read -r -a packages < <(python3 -c "import json; print(' '.join(json.load(open('pygml/data/glyphs_manifest.json'))['variants']['full']['packages']))")
 packages+=(dataset-fashion-mnist)
+# the headless browser of tests/app/test_report.py (chromium-driver: for tools that drive it over WebDriver)
+packages+=(chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -17,6 +17,7 @@ PACKAGE = ROOT / "pygml"
 ALLOWED = {
     "pygml": {"pygml"},
     "pygml.checks": set(),
+    "pygml.atomic": set(),
     "pygml.neighbors": {"pygml.checks"},
     "pygml.graph": {"pygml.checks", "pygml.neighbors"},
     "pygml.nn": {"pygml.nn", "pygml.checks", "pygml.graph", "pygml.neighbors"},
@@ -27,6 +28,8 @@ ALLOWED = {
     "pygml.data": {"pygml.data", "pygml.checks"},
     "pygml.evaluation": {"pygml.evaluation", "pygml.checks"},
     "pygml.inference": {"pygml.checks"},
+    "pygml.search": {"pygml.evaluation", "pygml.atomic", "pygml.checks"},
+    "pygml.export": {"pygml.atomic", "pygml.checks"},
 }
 
 

@@ -15,8 +15,10 @@ from pygml.app import builtins  # noqa: F401  (enters the built-in parts in the 
 from pygml.app.config import ConfigError
 from pygml.app.pml import pml_loss
 from pygml.app.registry import BACKBONES, DATASETS, LOSSES, METHODS
+from pygml.app.reports import log
 from pygml.data import DatasetSplits, build_transforms, carve_validation
 from pygml.evaluation import RetrievalEvaluator, empty_index
+from pygml.models import TimmBackbone
 
 
 def construct(section: str, fn: Callable[..., Any], *args: Any, keys: Optional[dict[str, str]] = None,
@@ -73,11 +75,39 @@ def build_datasets(cfg: Any, seed: Optional[int] = None) -> DatasetSplits:
     return splits
 
 
+def data_record(cfg: Any, splits: DatasetSplits) -> dict[str, Any]:
+    """What a run was trained and tested on: the dataset's name, root and each split's image and class
+    counts (stored in checkpoints, checked when a checkpoint is evaluated)."""
+    counts = {name: [len(ds), int(ds.num_classes)] for name in ("train", "query", "gallery", "val")
+              if (ds := getattr(splits, name)) is not None}
+    return {"name": cfg.data.name, "root": cfg.data.root, "splits": counts}
+
+
+def describe_data(record: dict[str, Any]) -> str:
+    """``data.name=glyphs (data.root=None: train 7,700 images / 72 classes, query ...)``."""
+    parts = ", ".join(f"{k} {n:,} images / {c:,} classes" for k, (n, c) in record["splits"].items())
+    return f"data.name={record['name']} (data.root={record['root']}: {parts})"
+
+
+def check_data(recorded: Optional[dict[str, Any]], current: dict[str, Any], source: str) -> None:
+    """A ``ValueError`` when the data built now is not the data ``source`` recorded (another dataset, or the
+    same name with other images: a wrong ``data.root``)."""
+    if recorded and (recorded["name"] != current["name"] or recorded["splits"] != current["splits"]):
+        raise ValueError(f"{source} was trained and tested on {describe_data(recorded)}, but this config gives "
+                         f"{describe_data(current)}; point data.name / data.root at the run's data")
+
+
+#: ``model.backbone`` names of the form ``timm:<name>`` build :class:`~pygml.models.TimmBackbone` ``(name)``
+TIMM_PREFIX = "timm:"
+
+
 def build_backbone(model: Any) -> nn.Module:
-    """The backbone of a ``model`` section, its weights loaded, its BatchNorm frozen if asked."""
-    factory = BACKBONES.get(model.backbone).obj
+    """The backbone of a ``model`` section (a registered name, or ``timm:<name>``), its weights loaded, its
+    BatchNorm frozen if asked."""
+    timm_name = model.backbone[len(TIMM_PREFIX):] if model.backbone.startswith(TIMM_PREFIX) else None
+    factory = TimmBackbone if timm_name is not None else BACKBONES.get(model.backbone).obj
     values = {"pretrained": model.pretrained, "pooling": model.pooling,
-              "grad_checkpointing": model.grad_checkpointing, "width": model.width}
+              "grad_checkpointing": model.grad_checkpointing, "width": model.width, "input_size": model.input_size}
     defaults = {f.name: f.default for f in dataclasses.fields(model)}
     accepted = _accepted(factory)
     kwargs = {k: v for k, v in values.items() if accepted is None or k in accepted}
@@ -85,7 +115,10 @@ def build_backbone(model: Any) -> nn.Module:
     if ignored:
         raise ConfigError(f"config key 'model.{ignored[0]}' is {values[ignored[0]]!r}, but model.backbone="
                           f"{model.backbone} takes no {ignored[0]}; leave it at its default")
-    net = construct("model", factory, **kwargs)
+    named = {"name": timm_name} if timm_name is not None else {}
+    net = construct("model", factory, keys={"name": "model.backbone"}, **named, **kwargs)
+    if isinstance(net, TimmBackbone):
+        log.info(net.describe())
     if model.frozen_bn:
         net.freeze_batchnorm(train_affine=model.frozen_bn_affine)
     return net
@@ -132,6 +165,17 @@ def build_method(cfg: Any, num_classes: int, backbone: Optional[nn.Module] = Non
     return construct(cfg.method, entry.obj, backbone, num_classes, keys=keys, **kwargs)
 
 
+def check_recall_at(cfg: Any, splits: DatasetSplits) -> None:
+    """``eval.recall_at`` against the galleries the run will search (checked before training, not after)."""
+    galleries = {"test": len(splits.gallery) if splits.gallery is not None else len(splits.query) - 1}
+    if splits.val is not None:
+        galleries["validation"] = len(splits.val) - 1
+    for split, size in galleries.items():
+        if max(cfg.eval.recall_at) > size:
+            raise ConfigError(f"config key 'eval.recall_at' asks for K={max(cfg.eval.recall_at)}, but the {split} "
+                              f"gallery of data.name={cfg.data.name} has {size} images; use K <= {size}")
+
+
 def build_evaluator(cfg: Any) -> RetrievalEvaluator:
     """The shared evaluator with a run's ``eval`` settings; a bad ``eval.search`` is an error here, before
     any training."""
@@ -142,4 +186,4 @@ def build_evaluator(cfg: Any) -> RetrievalEvaluator:
 
 
 __all__ = ["build_backbone", "build_datasets", "build_evaluator", "build_loss", "build_method",
-           "build_transforms_of", "construct"]
+           "build_transforms_of", "check_data", "check_recall_at", "construct", "data_record", "describe_data"]

@@ -11,7 +11,7 @@ from torch import nn
 from pygml.app.config import BaselineConfig, BGFormerConfig, IntraBatchConfig, ProxyGMLConfig
 from pygml.app.registry import BACKBONES, DATASETS, LOSSES, METHODS
 from pygml.data import (BENCHMARKS, DatasetSplits, Digits, FASHION_MNIST_ROOT, FashionMNIST, Glyphs,
-                        benchmark_splits)
+                        benchmark_splits, csv_splits, folder_splits)
 from pygml.losses import ClassifierCELoss, ContrastiveCELoss, NormalizedSoftmaxLoss, ProxyGMLLoss
 from pygml.methods import BGFormer, Baseline, IntraBatch, ProxyGML
 from pygml.models import BNInception, MobileNetV2, ResNet50, SmallCNN
@@ -97,3 +97,16 @@ DATASETS.register("fashion_mnist", _fashion_mnist)
 DATASETS.register("digits", _digits)
 for _name in BENCHMARKS:
     DATASETS.register(_name, _benchmark(_name))
+
+
+def _own_images(read):
+    def build(data: Any, train_transform: Any, test_transform: Any) -> DatasetSplits:
+        return read(_root(data), train_transform, test_transform, test_fraction=data.test_fraction,
+                    seed=data.split_seed, skip_corrupt=data.skip_corrupt)
+
+    build.__name__ = f"_{read.__name__}"
+    return build
+
+
+DATASETS.register("folder", _own_images(folder_splits))
+DATASETS.register("csv", _own_images(csv_splits))

@@ -146,7 +146,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
                        allow_config_change=args.allow_config_change)
         if distributed.is_main() and "test" in result:
             print(f"\n{cfg.method} on {cfg.data.name}, last epoch ({result['epochs_done']}), test split:")
-            print(metrics_table(result["test"]))
+            print(metrics_table(result["test"], result["eval"]))
         return 0
 
     return _run(body)
@@ -164,6 +164,8 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
                         help="Intra-Batch only: refine test embeddings with the MPN over each query's "
                              "k-reciprocal neighbourhood of size K (the paper's supplementary)")
     parser.add_argument("--plots", metavar="DIR", help="also write plots (Recall@K curve, retrieval grid) to DIR")
+    parser.add_argument("--report", metavar="DIR", help="also write an HTML report to DIR/index.html (metrics, Recall@K "
+                        "curve, retrieval examples, worst queries, config; opens offline)")
     _common(parser)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="overrides of the stored config, e.g. data.root=/data/CUB_200_2011")
@@ -179,11 +181,17 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         out = Path(args.out) if args.out else Path(args.checkpoint).parent
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "eval_metrics.json", json.dumps(result["metrics"], indent=2))
-        atomic_write(out / "eval_metrics.csv", metrics_frame(result["metrics"]["test"]).to_csv(index=False))
+        atomic_write(out / "eval_metrics.json", json.dumps({**result["metrics"], "eval": result["eval"]}, indent=2))
+        atomic_write(out / "eval_metrics.csv", metrics_frame(
+            {**result["metrics"]["test"], **{f"eval_{k}": v for k, v in result["eval"].items()}}).to_csv(index=False))
         print(f"{result['method']} checkpoint {args.checkpoint}, test split of {result['data']}:")
-        print(metrics_table(result["metrics"]["test"]))
+        print(metrics_table(result["metrics"]["test"], result["eval"]))
         log.info("written: %s, %s", out / "eval_metrics.json", out / "eval_metrics.csv")
+        if args.report:
+            from pygml.app.report_html import evaluation_report
+
+            log.info("report: %s", evaluation_report(args.checkpoint, args.overrides, result["metrics"], args.report,
+                                                     device=args.device))
         return 0
 
     return _run(body)

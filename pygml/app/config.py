@@ -38,14 +38,19 @@ def _require(section: str, checks: list[tuple[bool, str, str]], obj: Any) -> Non
     """Raise a :class:`ConfigError` for the first failed ``(ok, key, what is expected)``."""
     for ok, key, expected in checks:
         if not ok:
-            raise ConfigError(f"config key '{section}.{key}' is {getattr(obj, key)!r}; expected {expected}")
+            value = getattr(obj, key)
+            note = (" (YAML reads yes/no/on/off/true/false as a boolean: write one of the names)"
+                    if value in ("True", "False") else "")
+            raise ConfigError(f"config key '{section}.{key}' is {value!r}{note}; expected {expected}")
 
 
 @dataclass
 class DataConfig:
-    #: a registered dataset: glyphs | glyphs_matplotlib | fashion_mnist | digits | cub | cars | sop | inshop | ...
+    #: a registered dataset: glyphs | glyphs_matplotlib | fashion_mnist | digits | cub | cars | sop | inshop |
+    #: folder (your images, one folder per class) | csv (your images, listed by a manifest) | ...
     name: str = "glyphs"
-    #: where the dataset lives (benchmarks) or is cached (glyphs); ``null`` = ``./data/<name>``
+    #: where the dataset lives (benchmarks, folder), is cached (glyphs), or the manifest file (csv: a CSV or
+    #: parquet file path,label[,split]); ``null`` = ``./data/<name>``
     root: Optional[str] = None
     #: train-time augmentation: ``small`` (grey images, light affine jitter) or ``imagenet``
     #: (RandomResizedCrop + flip [+ RandomErasing], the papers' recipes)
@@ -68,6 +73,11 @@ class DataConfig:
     check_counts: bool = True
     #: fraction of the *training classes* held out as a validation split (0 = none)
     val_fraction: float = 0.0
+    #: folder / csv without a test split: fraction of the classes held out as test classes
+    test_fraction: float = 0.5
+    #: folder / csv without a test split: seed of that split of the classes (numpy ``default_rng``); separate
+    #: from ``train.seed``, so runs of several training seeds test on the same classes
+    split_seed: int = 0
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -77,13 +87,15 @@ class DataConfig:
             (self.image_size >= 1, "image_size", "a positive number of pixels"),
             (0.0 <= self.random_erasing <= 1.0, "random_erasing", "a probability in [0, 1]"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction", "a fraction in [0, 1)"),
+            (0.0 < self.test_fraction < 1.0, "test_fraction", "a fraction in (0, 1)"),
             (self.num_workers >= 0, "num_workers", "a number of worker processes >= 0"),
         ], self)
 
 
 @dataclass
 class ModelConfig:
-    #: a registered backbone: small_cnn | resnet50 | mobilenet_v2 | bninception | vit_s16 | ...
+    #: a registered backbone: small_cnn | resnet50 | mobilenet_v2 | bninception | vit_s16 | ..., or any timm model
+    #: as ``timm:<name>`` (e.g. ``timm:convnext_tiny``; needs the timm extra)
     backbone: str = "small_cnn"
     #: path to a local checkpoint of ImageNet weights; ``null`` = random init
     pretrained: Optional[str] = None
@@ -100,6 +112,9 @@ class ModelConfig:
     grad_checkpointing: bool = False
     #: width of the small CNN (channels of its first stage)
     width: int = 32
+    #: ``timm:<name>`` backbones: the side the backbone resizes its images to; ``null`` = the input size timm
+    #: declares for the model, 0 = no resizing (models that take any size)
+    input_size: Optional[int] = None
 
     def __post_init__(self) -> None:
         _require("model", [
@@ -107,6 +122,7 @@ class ModelConfig:
             (self.head_init is None or self.head_init in INITS, "head_init", f"null or one of {', '.join(INITS)}"),
             (self.embedding_dim >= 1, "embedding_dim", "a positive size"),
             (self.width >= 1, "width", "a positive number of channels"),
+            (self.input_size is None or self.input_size >= 0, "input_size", "null (timm's), 0 (no resizing) or a side"),
         ], self)
 
 
@@ -401,14 +417,40 @@ def _merge(base: DictConfig, layers: list[DictConfig], overrides: list[str] | tu
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         msg = str(getattr(exc, "msg", exc)).splitlines()[0]
-        raise ConfigError(f"bad config{where}: key '{key}': {msg}") from None
+        if "is not a ListConfig" in msg:
+            msg = "expected a list, e.g. [1, 2, 4, 8]"
+        typed = [item for item in overrides if item.split("=", 1)[0] == key]
+        typed_note = f" (typed: {typed[-1]})" if typed else ""
+        raise ConfigError(f"bad config{where}: key '{key}'{typed_note}: {msg}") from None
     _check_names(cfg)
     return cfg
+
+
+#: the configs shipped inside the package (``configs/`` of a clone is the same folder)
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve_config(name: str | Path) -> Path:
+    """The YAML file ``name`` names: a path to a file, or a shipped config by its short name
+    (``baseline/glyphs`` or ``baseline/glyphs.yaml``, found in the installed package); a ``ConfigError``
+    lists the shipped configs when neither exists."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    short = path if path.suffix in (".yaml", ".yml") else path.with_suffix(".yaml")
+    for candidate in (short, PACKAGED_CONFIGS / short,
+                      PACKAGED_CONFIGS / short.relative_to("configs") if short.parts[:1] == ("configs",) else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    shipped = sorted(str(p.relative_to(PACKAGED_CONFIGS).with_suffix("")) for p in PACKAGED_CONFIGS.glob("*/*.yaml"))
+    raise ConfigError(f"config file not found: {name}; give a path to a YAML file or a shipped config: "
+                      f"{', '.join(shipped)}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """Build a config from defaults, an optional YAML file and dotted overrides.
 
+    ``path`` is a YAML file or a shipped config's short name (``baseline/glyphs``, :func:`resolve_config`).
     A YAML file may start from others with ``base: ../datasets/cub.yaml`` (a path or a list, relative
     to the file); later layers override earlier ones.
 
@@ -416,7 +458,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     >>> cfg.train.epochs, cfg.method
     (3, 'intra_batch')
     """
-    layers = _load_yaml_chain(Path(path)) if path is not None else []
+    layers = _load_yaml_chain(resolve_config(path)) if path is not None else []
     return _merge(OmegaConf.structured(config_class()), layers, overrides,
                   f" in {path}" if path is not None else "")
 
@@ -442,6 +484,6 @@ def config_to_yaml(cfg: Any) -> str:
 __all__ = [
     "AMP_MODES", "BGFormerConfig", "BaselineConfig", "Config", "ConfigError", "DataConfig", "EvalConfig",
     "IntraBatchConfig", "LossConfig", "MinerConfig", "ModelConfig", "NONFINITE_POLICIES", "OptimConfig",
-    "ProxyGMLConfig", "RESUME_MODES", "TrainConfig", "apply_overrides", "config_class", "config_from_dict",
-    "config_to_dict", "config_to_yaml", "load_config",
+    "PACKAGED_CONFIGS", "ProxyGMLConfig", "RESUME_MODES", "TrainConfig", "apply_overrides", "config_class",
+    "config_from_dict", "config_to_dict", "config_to_yaml", "load_config", "resolve_config",
 ]

@@ -38,19 +38,21 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pygml.app import distributed, loading
-from pygml.app.builders import build_datasets, build_evaluator, build_method
+from pygml.app.builders import (build_datasets, build_evaluator, build_method, check_data, check_recall_at, construct,
+                                 data_record, describe_data)
 from pygml.app.checkpoint import (CheckpointError, load_checkpoint, load_model_state, rng_state, save_checkpoint,
                                   set_rng_state)
 from pygml.app.config import ConfigError, config_from_dict, config_to_dict, config_to_yaml
 from pygml.app.evaluate import evaluate_run, select_device
 from pygml.app.optim import build_optimizer, build_scheduler
 from pygml.app.preemption import Interrupted, Preempted, PreemptionSignals, ignore_in_worker
-from pygml.app.reports import environment, log
+from pygml.app.reports import environment, log, search_record
 from pygml.app.rundir import OpenedRun, open_run, resume_mode
 from pygml.app.storage import StorageError, atomic_write
 from pygml.data import DatasetSplits, PKSampler
 from pygml.evaluation import RetrievalEvaluator
 from pygml.methods import Method
+from pygml.models.weights import check_weights_file
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -127,7 +129,12 @@ def setup(cfg: Any) -> Run:
         torch.use_deterministic_algorithms(True)
     seed_everything(cfg.train.seed + dist_info.rank)
     evaluator = build_evaluator(cfg)  # a bad eval setting is an error now, not after training
+    if cfg.model.pretrained:  # before the data, which may take long to read
+        check_weights_file(cfg.model.pretrained, f"model.backbone={cfg.model.backbone}")
     splits = build_datasets(cfg)
+    check_recall_at(cfg, splits)
+    if dist_info.is_main:
+        log.info("%s", describe_data(data_record(cfg, splits)))
     num_classes = splits.train.num_classes
     method = build_method(cfg, num_classes).to(device)
     if cfg.train.cross_rank_graph and dist_info.enabled:
@@ -137,15 +144,17 @@ def setup(cfg: Any) -> Run:
     if cfg.train.compile:
         compile_backbone(method)
     optimizer = build_optimizer(cfg.optim, method.param_groups())
-    sampler = PKSampler(splits.train.labels, cfg.train.classes_per_batch, cfg.train.samples_per_class,
-                        seed=cfg.train.seed, rank=dist_info.rank, world_size=dist_info.world_size)
+    sampler = construct("train", PKSampler, splits.train.labels, classes_per_batch=cfg.train.classes_per_batch,
+                        samples_per_class=cfg.train.samples_per_class, seed=cfg.train.seed, rank=dist_info.rank,
+                        world_size=dist_info.world_size)
     steps = sampler.num_batches
     if cfg.train.max_steps_per_epoch > 0:
         steps = min(steps, cfg.train.max_steps_per_epoch)
     model: torch.nn.Module = method
     if dist_info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+            method, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=method.skips_parameters)
     amp = device.type == "cuda" and cfg.train.amp != "off"
     amp_dtype = (torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16) if amp else None
     return Run(cfg=cfg, out=Path(cfg.train.out_dir), device=device, main=dist_info.is_main, splits=splits,
@@ -176,6 +185,7 @@ def restore(run: Run, ckpt: Optional[dict[str, Any]] = None) -> RunState:
     if ckpt["num_classes"] != run.num_classes:
         raise CheckpointError(f"{run.checkpoint_path} was trained on {ckpt['num_classes']} classes; the data has "
                               f"{run.num_classes}")
+    check_data(ckpt.get("data"), data_record(run.cfg, run.splits), f"checkpoint {run.checkpoint_path}")
     load_model_state(run.method, ckpt["model"], run.checkpoint_path)
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
@@ -234,7 +244,7 @@ def save(run: Run, state: RunState) -> None:
         "method": run.cfg.method, "num_classes": run.num_classes, "config": config_to_dict(run.cfg),
         "model": run.method.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-        "run": dict(state.__dict__), "rng": rngs,
+        "run": dict(state.__dict__), "rng": rngs, "data": data_record(run.cfg, run.splits),
     } if run.main else {}
     write_on_main(run, lambda: _write_run_files(run, state, checkpoint))
     run.saved_step = state.global_step
@@ -384,6 +394,8 @@ def end_of_epoch(run: Run, state: RunState, metrics: dict[str, dict[str, float]]
     row["skipped_steps"] = state.skipped_steps
     row["skipped_images"] = state.skipped_images
     row["train_time_s"] = state.train_time
+    if metrics:
+        row.update({f"eval_{k}": v for k, v in search_record(run.cfg.eval).items()})
     row.update({f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items()})
     state.history.append(row)
     run.scheduler.step()
@@ -397,7 +409,8 @@ def finish(run: Run, state: RunState) -> dict[str, Any]:
     """The run's result (the last epoch's metrics); rank 0 writes it to ``metrics.json``."""
     cfg = run.cfg
     result: dict[str, Any] = {"out_dir": str(run.out), "epochs_done": state.epoch, "global_step": state.global_step,
-                              "finished": state.epoch >= cfg.train.epochs, "train_time_s": state.train_time}
+                              "finished": state.epoch >= cfg.train.epochs, "train_time_s": state.train_time,
+                              "eval": search_record(cfg.eval)}
     if not (result["finished"] and state.history):
         return result
     last_row = state.history[-1]
@@ -446,6 +459,8 @@ def train(cfg: Any, *, resume: bool | str | None = None, overwrite: bool = False
                 if not train_one_epoch(run, state):
                     break
                 end_of_epoch(run, state, evaluate_epoch(run, state.epoch))
+                if cfg.train.stop_after_steps and state.global_step >= cfg.train.stop_after_steps:
+                    break
                 signal = run.signals.agreed() if state.epoch < cfg.train.epochs else None
                 if signal:
                     preempted(run, state, signal)

@@ -12,9 +12,11 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from pygml.app import distributed
-from pygml.app.builders import build_datasets, build_evaluator, build_method
+from pygml.app.builders import (build_datasets, build_evaluator, build_method, check_data, check_recall_at,
+                                 data_record)
 from pygml.app.checkpoint import load_checkpoint, load_model_state
 from pygml.app.config import apply_overrides, config_from_dict
+from pygml.app.reports import search_record
 from pygml.data import DatasetSplits, PKSampler
 from pygml.evaluation import RetrievalEvaluator
 from pygml.graph import knn_homophily
@@ -104,13 +106,18 @@ def evaluate_run(method: Method, splits: DatasetSplits, cfg: Any, device: torch.
                            homophily=(cfg.train.classes_per_batch, cfg.train.samples_per_class))
 
 
-def load_trained(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Method, Any]:
-    """The trained method of a checkpoint (on the CPU, in eval mode) and its stored config with overrides."""
+def _load(path: str | Path, overrides: Sequence[str]) -> tuple[Method, Any, dict[str, Any]]:
     ckpt = load_checkpoint(path)
     cfg = apply_overrides(config_from_dict(ckpt["config"]), list(overrides))
     method = build_method(cfg, ckpt["num_classes"])
     load_model_state(method, ckpt["model"], path)
-    return method.eval(), cfg
+    return method.eval(), cfg, ckpt
+
+
+def load_trained(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Method, Any]:
+    """The trained method of a checkpoint (on the CPU, in eval mode) and its stored config with overrides."""
+    method, cfg, _ = _load(path, overrides)
+    return method, cfg
 
 
 def evaluate_checkpoint(path: str | Path, overrides: Sequence[str] = (), *, device: str = "auto", refine: int = 0,
@@ -119,12 +126,14 @@ def evaluate_checkpoint(path: str | Path, overrides: Sequence[str] = (), *, devi
 
     Launched by torchrun with several processes, every rank embeds a share of each split and rank 0
     evaluates; the other ranks return empty ``metrics``. ``refine`` runs on one process."""
-    method, cfg = load_trained(path, overrides)
+    method, cfg, ckpt = _load(path, overrides)
     dev = select_device(device)
     _, dev = distributed.init_on(dev)  # under torchrun each rank embeds a share and rank 0 evaluates
     method.to(dev)
     evaluator = build_evaluator(cfg)
     splits = build_datasets(cfg)
+    check_recall_at(cfg, splits)
+    check_data(ckpt.get("data"), data_record(cfg, splits), f"checkpoint {path}")
     if refine:
         if not hasattr(method, "refine"):
             raise ValueError(f"--refine is offered by the intra_batch method only, not {cfg.method!r}")
@@ -136,12 +145,14 @@ def evaluate_checkpoint(path: str | Path, overrides: Sequence[str] = (), *, devi
     else:
         metrics = evaluate_run(method, splits, cfg, dev, progress=distributed.is_main(), evaluator=evaluator)
     if not distributed.is_main():
-        return {"method": cfg.method, "data": cfg.data.name, "metrics": {}}
+        return {"method": cfg.method, "data": cfg.data.name, "metrics": {}, "eval": search_record(cfg.eval)}
     if plots:
         from pygml.app.plots import evaluation_plots
 
-        evaluation_plots(method, splits, metrics, plots, name=cfg.method, device=dev, batch_size=cfg.eval.batch_size)
-    return {"method": cfg.method, "data": cfg.data.name, "metrics": metrics}
+        evaluation_plots(method, splits, metrics, plots, name=cfg.method, dataset=cfg.data.name,
+                         checkpoint=str(path), graph=getattr(method, "graph", None) is not None, device=dev,
+                         batch_size=cfg.eval.batch_size)
+    return {"method": cfg.method, "data": cfg.data.name, "metrics": metrics, "eval": search_record(cfg.eval)}
 
 
 __all__ = ["batch_homophily", "embed_split", "evaluate_checkpoint", "evaluate_run", "evaluate_splits",

@@ -8,7 +8,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -31,12 +31,33 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.propagate = False
 
 
-def metrics_table(metrics: dict[str, float]) -> str:
-    """The metrics as an aligned two-column text table, values in percent with 2 decimals."""
+#: what a metric means, printed under a table that shows it
+NOTES = {
+    "knn_homophily": "knn_homophily: in P×K batches of test images, the share of each image's K-1 nearest neighbours "
+                     "of its class: how closely a batch graph's visual edges follow the classes",
+}
+
+
+def metrics_table(metrics: dict[str, float], search: Optional[dict[str, Any]] = None) -> str:
+    """The metrics as an aligned two-column text table, values in percent with 2 decimals, with notes for
+    the metrics that need one and, for an approximate search (``search={"search": ..., "nprobe": ...}``),
+    the index the numbers come from."""
     width = max([len("metric")] + [len(name) for name in metrics])
     lines = [f"{'metric':<{width}}  {'%':>7}", "-" * (width + 9)]
     lines += [f"{name:<{width}}  {100.0 * value:7.2f}" for name, value in metrics.items()]
+    lines += [note for name, note in NOTES.items() if name in metrics]
+    if search and search.get("search", "exact") != "exact":
+        lines.append(f"approximate search: faiss index {search['search']!r}, nprobe {search.get('nprobe')} "
+                     "(a relevant image the index misses counts as a miss)")
     return "\n".join(lines)
+
+
+def search_record(eval_settings: Any) -> dict[str, Any]:
+    """How the neighbours behind a run's metrics were searched: ``{"search": "exact"}`` or the faiss index
+    factory string and its ``nprobe``; stored beside the metrics."""
+    if eval_settings.search == "exact":
+        return {"search": "exact"}
+    return {"search": eval_settings.search, "nprobe": eval_settings.nprobe}
 
 
 def metrics_frame(metrics: dict[str, float]) -> pd.DataFrame:
@@ -69,4 +90,4 @@ def environment() -> dict[str, Any]:
     }
 
 
-__all__ = ["environment", "log", "metrics_frame", "metrics_table", "setup_logging"]
+__all__ = ["NOTES", "environment", "log", "metrics_frame", "metrics_table", "search_record", "setup_logging"]

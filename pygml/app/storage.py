@@ -1,25 +1,23 @@
-"""Writing a run's files so that a failed write never leaves a partial file.
+"""Writing a run's files so that a failed write is one clear error and never a partial file.
 
 Every file a run writes (``checkpoint.pt``, ``log.csv``, ``metrics.json``, ``config.yaml``, ``env.json``)
-goes through :func:`atomic_write`: the content goes to a temporary file in the same folder, is flushed
-and ``fsync``-ed, then renamed over the old file, and the folder is ``fsync``-ed. A write that fails
-(disk full, quota, permission, the folder removed, an I/O error) removes the temporary file and raises a
-:class:`StorageError` naming the path: the previous version of the file is still there, whole, and no
-reader (``--resume`` included) ever sees a partial one.
+goes through :func:`atomic_write`, which writes with :func:`pygml.atomic.atomic_path` (temporary file in
+the same folder, ``fsync``, rename) and adds what a run needs on top: a write that fails (disk full,
+quota, read-only file system, permission, the folder removed, an I/O error) raises a
+:class:`StorageError` naming the path, the cause and what is left on disk. The previous version of the
+file is still there, whole, and no reader (``--resume`` included) ever sees a partial one.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import tempfile
 from pathlib import Path
 from typing import IO, Callable, Optional, Union
 
-Content = Union[bytes, str, Callable[[IO[bytes]], None]]
+from pygml.atomic import atomic_path
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+Content = Union[bytes, str, Callable[[IO[bytes]], None]]
 
 
 class StorageError(OSError):
@@ -63,46 +61,25 @@ def _failed(path: Path, exc: OSError) -> StorageError:
 
 def atomic_write(path: str | os.PathLike, content: Content) -> None:
     """Write ``content`` (bytes, text in UTF-8, or a function that writes to a binary file) to ``path``
-    atomically: temporary file in the same folder, flush, ``fsync``, rename, ``fsync`` of the folder.
+    atomically (:func:`pygml.atomic.atomic_path`), in a folder that exists.
 
-    The folder must exist. On failure the temporary file is removed, ``path`` keeps its previous version
-    and a :class:`StorageError` names ``path`` and the cause. Temporary files left by a writer that was
-    killed (``.<name>.*.tmp``) are removed after a successful write.
+    A failed write raises a :class:`StorageError` naming ``path`` and the cause (``ENOSPC``, ``EROFS``,
+    ``EACCES``, ...); ``path`` keeps its previous version and no temporary file is left.
     """
     path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise _failed(path, exc) from None
     recorder: Optional[_RecordingFile] = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # the mode of a file written in place, not mkstemp's 0600
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             if callable(content):
                 recorder = _RecordingFile(f)
                 content(recorder)  # type: ignore[arg-type]
             else:
                 f.write(content.encode("utf-8") if isinstance(content, str) else content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
+    except Exception as exc:
         cause = recorder.error if recorder is not None and recorder.error is not None else exc
         if isinstance(cause, OSError):
             raise _failed(path, cause) from None
         raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        raise StorageError(exc.errno, f"{path} was written but its folder could not be synced to disk: "
-                                      f"{_describe(exc)}") from None
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed
-        stale.unlink(missing_ok=True)
 
 
 __all__ = ["StorageError", "atomic_write"]

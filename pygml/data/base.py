@@ -112,27 +112,37 @@ class DatasetSplits:
     val: Optional[RetrievalDataset] = None
 
 
-def carve_validation(train: RetrievalDataset, fraction: float, seed: int = 0,
-                     val_transform: Transform = None) -> tuple[RetrievalDataset, RetrievalDataset]:
-    """Hold out ``round(fraction * C)`` of the ``C`` training *classes* (at least one) as a validation split.
+def hold_out_classes(n_classes: int, fraction: float, seed: int = 0, *, what: str = "validation",
+                     pool: str = "training classes") -> tuple[np.ndarray, np.ndarray]:
+    """``(kept, held_out)``: sorted indices of ``n_classes`` classes, ``round(fraction * n_classes)`` of
+    them (at least one) held out.
 
     The held-out classes are the first of a permutation of ``0 .. C-1`` drawn with
     ``numpy.random.default_rng(seed)``, so the split depends only on ``C``, ``fraction`` and ``seed``.
+    Both sides must keep at least 2 classes; ``what`` and ``pool`` name the split and the classes in errors.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1) to carve a {what} split, got {fraction}")
+    n_held = max(1, int(round(fraction * n_classes)))
+    if n_classes - n_held < 2 or n_held < 2:
+        raise ValueError(f"a {what} fraction of {fraction} of {n_classes} {pool} leaves {n_classes - n_held} "
+                         f"for training and {n_held} for {what}; both need at least 2")
+    perm = np.random.default_rng(seed).permutation(n_classes)
+    return np.sort(perm[n_held:]), np.sort(perm[:n_held])
+
+
+def carve_validation(train: RetrievalDataset, fraction: float, seed: int = 0,
+                     val_transform: Transform = None) -> tuple[RetrievalDataset, RetrievalDataset]:
+    """Hold out ``round(fraction * C)`` of the ``C`` training *classes* (at least one) as a validation split,
+    chosen by :func:`hold_out_classes` with ``seed``.
+
     Returns ``(train_rest, val)``: both relabelled contiguously (in increasing order of the original
     labels); ``train_rest`` keeps ``train.transform``, ``val`` gets ``val_transform``.
     """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be in (0, 1) to carve a validation split, got {fraction}")
-    n_classes = train.num_classes
-    n_val = max(1, int(round(fraction * n_classes)))
-    if n_classes - n_val < 2 or n_val < 2:
-        raise ValueError(f"a validation fraction of {fraction} of {n_classes} training classes leaves {n_classes - n_val} "
-                         f"for training and {n_val} for validation; both need at least 2")
-    perm = np.random.default_rng(seed).permutation(n_classes)
-    val_classes = np.sort(perm[:n_val])
-    train_classes = np.sort(perm[n_val:])
+    train_classes, val_classes = hold_out_classes(train.num_classes, fraction, seed)
     return (ClassSubset(train, train_classes, train.split, train.transform),
             ClassSubset(train, val_classes, "val", val_transform))
 
 
-__all__ = ["ClassSubset", "DatasetSplits", "GrayImages", "RetrievalDataset", "Transform", "carve_validation"]
+__all__ = ["ClassSubset", "DatasetSplits", "GrayImages", "RetrievalDataset", "Transform", "carve_validation",
+           "hold_out_classes"]

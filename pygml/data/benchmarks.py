@@ -10,57 +10,16 @@ the classes a split's list file names; In-Shop's query and gallery share one lab
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from pygml.data.base import DatasetSplits, RetrievalDataset, Transform
+from pygml.data.images import CorruptImageError, decode_image, find_unreadable, skip_unreadable
 
 README = "datasets/README.md"
-
-
-class CorruptImageError(ValueError):
-    """An image file exists but cannot be decoded; ``path`` names it."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"cannot read image {path}: {reason}. Replace or delete the file, "
-                         "or set data.skip_corrupt=true (skip_corrupt=True) to drop corrupt images")
-        self.path = path
-
-
-def decode_image(path: str, *, full: bool = True) -> Image.Image:
-    """Open and decode the image at ``path`` as RGB; ``full=False`` decodes JPEGs at 1/8 scale, which
-    still reads the whole file (a truncated one fails) at a fraction of the cost.
-
-    Raises :class:`FileNotFoundError` when the file is missing and :class:`CorruptImageError` when it
-    cannot be decoded, both naming the path.
-    """
-    try:
-        with Image.open(path) as im:
-            if not full:
-                im.draft("RGB", (1, 1))
-            im.load()
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image {path} is listed but missing; re-extract the dataset "
-                                f"(layout in {README}) or set data.skip_corrupt=true to drop it") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CorruptImageError(path, str(exc) or type(exc).__name__) from None
-
-
-def find_unreadable(paths: Sequence[str], desc: str = "verify images", progress: bool = True) -> np.ndarray:
-    """Indices of the ``paths`` that are missing or cannot be decoded (one decoding pass, with a bar)."""
-    bad = []
-    for i, path in enumerate(tqdm(paths, desc=desc, disable=not progress, unit="img")):
-        try:
-            decode_image(path, full=False)
-        except (FileNotFoundError, CorruptImageError):
-            bad.append(i)
-    return np.asarray(bad, dtype=np.int64)
 
 
 def _read_rows(path: Path, columns: int, skip: int = 0) -> list[list[str]]:
@@ -131,18 +90,8 @@ class BenchmarkDataset(RetrievalDataset):
                     "Re-extract the dataset, or pass check_counts=False (data.check_counts=false) to use a subset")
         self.skipped: list[str] = []
         if skip_corrupt:
-            bad = find_unreadable(paths, desc=f"verify {self.name} {split}", progress=progress)
-            if bad.size:
-                self.skipped = [paths[i] for i in bad]
-                keep = np.ones(len(paths), dtype=bool)
-                keep[bad] = False
-                lost = sorted(set(labels[~keep].tolist()) - set(labels[keep].tolist()))
-                paths = [p for p, k in zip(paths, keep) if k]
-                labels = labels[keep]
-                shown = ", ".join(self.skipped[:5]) + (", ..." if bad.size > 5 else "")
-                emptied = f"; classes left without images: {[class_names[c] for c in lost]}" if lost else ""
-                warnings.warn(f"{self.title} {split}: skipped {bad.size} of {bad.size + len(paths)} images that are "
-                              f"missing or corrupt ({shown}){emptied}", stacklevel=2)
+            paths, labels, self.skipped = skip_unreadable(paths, labels, class_names, f"{self.title} {split}",
+                                                          desc=f"verify {self.name} {split}", progress=progress)
         super().__init__(labels, class_names, transform)
         self.paths = paths
         self.split = split

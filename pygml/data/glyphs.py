@@ -271,6 +271,18 @@ def _write_cache(path: Path, key: str, arrays: GlyphArrays) -> None:
     os.replace(tmp, path)
 
 
+def _check_cache_dir(root: Path) -> None:
+    """A glyphs root is a cache of rendered glyphs: a directory holding anything else is someone's data,
+    named as the glyphs root by mistake (e.g. an image folder given without its dataset name)."""
+    if not root.is_dir():
+        return
+    foreign = sorted(p.name for p in root.iterdir() if not p.name.startswith("glyphs-"))
+    if foreign:
+        raise ValueError(f"the glyphs data root {root} holds files that are not glyph caches ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}): it is another dataset's folder. Name that dataset "
+                         "(data.name=folder, csv, cub, ...), or give the glyphs a root of their own")
+
+
 def build_glyph_arrays(root: str | Path, variant: str = "full", *, strict: bool = True,
                        font_dirs: Optional[Sequence[str | Path]] = None, progress: bool = True,
                        manifest: Optional[dict[str, Any]] = None) -> tuple[GlyphArrays, Path]:
@@ -281,6 +293,7 @@ def build_glyph_arrays(root: str | Path, variant: str = "full", *, strict: bool 
     manifest = load_manifest() if manifest is None else manifest
     vm = variant_manifest(variant, manifest)
     root = Path(root)
+    _check_cache_dir(root)
 
     def cached(fonts: Optional[list[str]] = None) -> tuple[Path, str, Optional[GlyphArrays]]:
         key = manifest_key(variant, manifest, fonts)

@@ -23,6 +23,10 @@ Gather = Callable[[Tensor], Tensor]
 class Method(nn.Module):
     """Base class of every pygml method."""
 
+    #: whether some trainable parameters may get no gradient in a step (e.g. a frozen warm-up), which
+    #: DistributedDataParallel must then be told to look for
+    skips_parameters: bool = False
+
     def __init__(self) -> None:
         super().__init__()
         #: optional autograd-aware all-gather across processes (e.g. ``pygml.app.distributed.all_gather_with_grad``):

@@ -33,7 +33,7 @@ class Baseline(MetricLearner):
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         head = EmbeddingHead(backbone.out_dim, embedding_dim, init=head_init)
         loss = loss if loss is not None else NormalizedSoftmaxLoss(num_classes, embedding_dim, temperature)
-        super().__init__(backbone, loss, embedding_dim, head=head, loss_lr=loss_lr)
+        super().__init__(backbone, loss, embedding_dim, head=head, loss_lr=loss_lr, normalize=True)
 
 
 __all__ = ["Baseline"]

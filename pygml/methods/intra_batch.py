@@ -26,6 +26,7 @@ from pygml.losses import ClassifierCELoss
 from pygml.methods.graphs import IntraBatchGraph
 from pygml.methods.learner import MetricLearner
 from pygml.models.heads import EmbeddingHead, l2n
+from pygml.neighbors import knn
 from pygml.nn import IntraBatchMPN
 
 
@@ -77,7 +78,8 @@ def k_reciprocal_neighbours(x: Tensor, k: int, chunk_size: int = 4096) -> tuple[
     """Each row's k nearest other rows by cosine similarity and which of them are k-reciprocal.
 
     j is a k-reciprocal neighbour of i when j is among i's k nearest neighbours and i among j's
-    (the row itself is never its own neighbour, told apart by index, not by rank).
+    (the row itself is never its own neighbour, told apart by index, not by rank; ties by
+    :func:`pygml.neighbors.knn`'s rule).
 
     Args:
         x: rows (N, d); compared by cosine similarity.
@@ -90,14 +92,7 @@ def k_reciprocal_neighbours(x: Tensor, k: int, chunk_size: int = 4096) -> tuple[
     n = x.size(0)
     if not 1 <= k <= n - 1:
         raise ValueError(f"k must be in [1, {n - 1}] for {n} rows, got {k}")
-    xn = l2n(x)
-    neighbours = torch.empty(n, k, dtype=torch.long, device=x.device)
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
-        sim = xn[start:stop] @ xn.t()
-        rows = torch.arange(stop - start, device=x.device)
-        sim[rows, rows + start] = -float("inf")
-        neighbours[start:stop] = sim.topk(k, dim=1).indices
+    _, neighbours = knn(x, k, exclude_self=True, chunk_size=chunk_size)
     own = torch.arange(n, device=x.device).view(-1, 1)
     pairs = (own * n + neighbours).view(-1)  # i * n + j for every j in kNN(i)
     reciprocal = torch.isin(neighbours * n + own, pairs)  # j * n + i: is i in kNN(j)?

@@ -46,13 +46,15 @@ class MetricLearner(Method):
         loss_lr, graph_lr: learning rates of the loss's and of the graph's parameter groups
             (``None`` = the optimiser's).
         feature_dim: D when the backbone has no ``out_dim``.
+        normalize: the losses get L2-normalised rows (``False``: the rows as they are; most metric losses
+            normalise inside, but a classifier such as Intra-Batch's must see them raw).
     """
 
     def __init__(self, backbone: nn.Module, loss: nn.Module, embedding_dim: int, *,
                  graph: Optional[BatchGraphModule] = None, graph_loss: Optional[nn.Module] = None,
                  backbone_weight: float = 1.0, graph_weight: float = 1.0, head: Optional[nn.Module] = None,
                  head_init: str = "kaiming", loss_lr: Optional[float] = None, graph_lr: Optional[float] = None,
-                 feature_dim: Optional[int] = None) -> None:
+                 feature_dim: Optional[int] = None, normalize: bool = False) -> None:
         super().__init__()
         feature_dim = feature_dim if feature_dim is not None else getattr(backbone, "out_dim", None)
         if feature_dim is None:
@@ -75,6 +77,7 @@ class MetricLearner(Method):
         self.graph_weight = graph_weight
         self.loss_lr = loss_lr
         self.graph_lr = graph_lr
+        self.normalize = normalize
 
     def features(self, images: Tensor) -> Tensor:
         """The embedding before normalisation, z = head(backbone(images)), (B, d)."""
@@ -92,11 +95,12 @@ class MetricLearner(Method):
     def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         f, y = self.gather_rows(self.backbone(images), labels)
         z = self.head(f)
-        loss_backbone = self.loss(z, y)
+        loss_backbone = self.loss(l2n(z) if self.normalize else z, y)
         logs = {"loss_backbone": loss_backbone.detach()}
         loss = self.backbone_weight * loss_backbone
         if self.graph is not None:
-            loss_graph = (self.graph_loss or self.loss)(self.graph_rows(f, z, y), y)
+            rows = self.graph_rows(f, z, y)
+            loss_graph = (self.graph_loss or self.loss)(l2n(rows) if self.normalize else rows, y)
             logs["loss_graph"] = loss_graph.detach()
             loss = loss + self.graph_weight * loss_graph
         logs["loss"] = loss.detach()
@@ -115,7 +119,7 @@ class MetricLearner(Method):
         return groups
 
     def extra_repr(self) -> str:
-        return f"backbone_weight={self.backbone_weight}, graph_weight={self.graph_weight}"
+        return f"backbone_weight={self.backbone_weight}, graph_weight={self.graph_weight}, normalize={self.normalize}"
 
 
 __all__ = ["MetricLearner"]

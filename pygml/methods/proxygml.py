@@ -47,14 +47,15 @@ class ProxyGML(MetricLearner):
         loss = ProxyGMLLoss(num_classes, embedding_dim, proxies_per_class, r, lambda_reg, use_spos=use_spos,
                             use_mask=use_mask, use_reg=use_reg, subgraph=subgraph, regularizer=regularizer,
                             chunk_size=chunk_size)
-        super().__init__(backbone, loss, embedding_dim, head=head, loss_lr=proxy_lr)
+        super().__init__(backbone, loss, embedding_dim, head=head, loss_lr=proxy_lr, normalize=True)
         self.warmup_epochs = warmup_epochs
+        self.skips_parameters = warmup_epochs > 0  # the frozen backbone gets no gradient during the warm-up
         # trainable backbone parameters (frozen BatchNorm excluded), fixed here so warm-up can restore them
         self._backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]
         self.backbone_frozen = False
 
     def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        x, y = self.gather_rows(self.features(images), labels)
+        x, y = self.gather_rows(self.embed(images), labels)
         terms = self.loss.terms(x, y)
         return terms["loss"], {"loss": terms["loss"].detach(), "loss_cls": terms["loss_cls"].detach(),
                                "loss_reg": terms["loss_reg"].detach()}

@@ -26,11 +26,14 @@ class EmbeddingHead(nn.Module):
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         self.init = init
-        self.fc = nn.Linear(in_dim, dim)
-        self.reset_parameters()
+        self.fc = nn.Linear(in_dim, dim)  # torch's initialisation: the "default"
+        self._init()
 
     def reset_parameters(self) -> None:
         self.fc.reset_parameters()
+        self._init()
+
+    def _init(self) -> None:
         if self.init == "kaiming":
             nn.init.kaiming_normal_(self.fc.weight, mode="fan_out")
             nn.init.zeros_(self.fc.bias)

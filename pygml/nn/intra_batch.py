@@ -1,12 +1,14 @@
 r"""Intra-batch message passing: "Learning Intra-Batch Connections for Deep Metric Learning"
 (Seidenschwarz, Elezi, Leal-Taixé, ICML 2021).
 
-* :func:`zero_logit_softmax`: the softmax over each node's incoming edges with an implicit zero logit,
-  the variant of :func:`torch_geometric.utils.softmax` the paper's attention uses;
-* :class:`IntraBatchAttention`: multi-head dot-product attention along the edges of any graph, as a
-  :class:`~torch_geometric.nn.conv.MessagePassing` layer with a dense kernel for dense graphs;
+* :func:`zero_logit_softmax` (defined in :mod:`pygml.nn.attention`): the softmax over each node's
+  incoming edges with an implicit zero logit, the variant of :func:`torch_geometric.utils.softmax` the
+  paper's attention uses;
+* :class:`IntraBatchAttention`: multi-head dot-product attention along the edges of any graph, an
+  :class:`~pygml.nn.attention.EdgeAttention` (edge-wise and dense kernels);
 * :class:`IntraBatchLayer`: the post-norm transformer layer of the paper;
-* :class:`IntraBatchMPN`: input ``Linear``, ``L`` layers, BatchNorm neck and classifier.
+* :class:`IntraBatchMPN`: input ``Linear`` and ``L`` layers; the paper's BatchNorm neck and classifier on
+  top of it belong to the loss, not to the network.
 
 Edges follow PyG's convention: ``edge_index[0]`` is the source j, ``edge_index[1]`` the target i; a node
 aggregates over its in-edges j → i. A sparse adjacency is read as PyG reads it, ``adj_t[i, j]`` ≠ 0 for
@@ -15,64 +17,19 @@ the edge j → i (``to_torch_sparse_tensor(edge_index).t()`` or ``SparseTensor.f
 
 from __future__ import annotations
 
-import math
-from typing import Optional, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import SparseTensor
-from torch_geometric.utils import scatter, segment, softmax
-from torch_geometric.utils.num_nodes import maybe_num_nodes
 
-from pygml.nn.adjacency import read_adjacency, with_weights
+from pygml.nn.attention import EdgeAttention, zero_logit_softmax
 
 Adjacency = Union[Tensor, SparseTensor]
 
-KERNELS = ("auto", "dense", "sparse")
 
-
-def zero_logit_softmax(src: Tensor, index: Optional[Tensor] = None, ptr: Optional[Tensor] = None,
-                       num_nodes: Optional[int] = None) -> Tensor:
-    r"""Softmax of ``src`` within groups, with one implicit extra logit of value 0 in every group.
-
-    .. math::
-        a_e = \frac{\exp(s_e)}{1 + \sum_{e' \in g(e)} \exp(s_{e'})}
-            = \frac{\exp(s_e - m_g)}{\exp(-m_g) + \sum_{e' \in g(e)} \exp(s_{e'} - m_g)},
-        \qquad m_g = \max\bigl(0, \max_{e' \in g(e)} s_{e'}\bigr)
-
-    The weights of a group sum to less than 1: the missing mass goes to the zero logit, whose value
-    vector is zero (a node may attend to "nothing"). Same calling convention as
-    :func:`torch_geometric.utils.softmax` with ``dim=0``; the denominator is at least 1, so no epsilon
-    is needed.
-
-    Args:
-        src: scores, shape (E,) or (E, H); groups are formed along the first dimension.
-        index: group of each entry, shape (E,), e.g. the target node of each edge.
-        ptr: CSR pointers of the groups, shape (num_groups + 1,), when ``src`` is sorted by group;
-            faster than ``index``.
-        num_nodes: number of groups (``index.max() + 1`` when not given).
-
-    Returns:
-        Weights with the shape of ``src``.
-    """
-    if ptr is not None:
-        count = ptr[1:] - ptr[:-1]
-        m = segment(src.detach(), ptr, reduce="max").clamp_min(0)
-        e = (src - m.repeat_interleave(count, dim=0, output_size=src.size(0))).exp()
-        denom = segment(e, ptr, reduce="sum") + (-m).exp()
-        return e / denom.repeat_interleave(count, dim=0, output_size=src.size(0))
-    if index is None:
-        raise ValueError("zero_logit_softmax needs 'index' or 'ptr' to form the groups")
-    n = maybe_num_nodes(index, num_nodes)
-    m = scatter(src.detach(), index, 0, dim_size=n, reduce="max").clamp_min(0)
-    e = (src - m.index_select(0, index)).exp()
-    denom = scatter(e, index, 0, dim_size=n, reduce="sum") + (-m).exp()
-    return e / denom.index_select(0, index)
-
-
-class IntraBatchAttention(MessagePassing):
+class IntraBatchAttention(EdgeAttention):
     r"""Multi-head dot-product attention along the edges of a graph, with the implicit zero logit of
     Seidenschwarz et al. (ICML 2021, the attention of the message passing network):
 
@@ -86,25 +43,15 @@ class IntraBatchAttention(MessagePassing):
     A node without in-edges receives the zero message (its output is the bias of :math:`W_o`).
     :math:`W_q, W_k, W_v, W_o` are ``Linear(C, C)`` with Xavier-uniform weights and zero biases.
 
-    Two kernels give the same numbers: the edge-wise ``MessagePassing`` kernel (memory O(E·C)) and a
-    dense kernel that scores all N² pairs with batched matrix products and masks the missing edges
-    (memory O(H·N²), much faster on small dense graphs such as a fully connected batch). ``kernel="auto"``
-    takes the dense one when the graph has at least ``dense_threshold · N²`` edges.
-
-    A repeated edge j → i counts as many times as it appears (it adds one more term
-    :math:`\exp(s_{ij})` to the denominator and one more message), in both kernels; a torch.sparse COO
-    adjacency is coalesced first, so there each pair appears once. Dropout acts on each edge in the
-    sparse kernel and on each (i, j) pair in the dense one (the same as long as there are no repeated
-    edges).
+    Kernels, repeated edges, ties and dropout as in :class:`~pygml.nn.attention.EdgeAttention`: the
+    edge-wise ``MessagePassing`` kernel and a dense one, chosen by the graph's size and density.
 
     Args:
         channels: C, the input and output width.
         heads: H; C must be divisible by H.
         dropout: dropout probability on the attention weights.
         zero_logit: add the implicit zero logit (the paper); ``False`` = ordinary softmax.
-        kernel: ``auto``, ``dense`` or ``sparse``.
-        dense_threshold: graph density (E / N²) from which ``auto`` takes the dense kernel; measured on
-            CPU at 512 channels, 8 heads, N = 90 to 1000, the two kernels cost the same near 0.03.
+        kernel: ``"auto"``, ``"dense"`` or ``"sparse"``.
 
     Shapes:
         - input: node features (N, C); ``edge_index`` (2, E), or a sparse adjacency ``adj_t`` (N, N)
@@ -115,28 +62,14 @@ class IntraBatchAttention(MessagePassing):
     """
 
     def __init__(self, channels: int, heads: int, dropout: float = 0.1, zero_logit: bool = True,
-                 kernel: str = "auto", dense_threshold: float = 0.03) -> None:
-        super().__init__(aggr="add", node_dim=0)
-        if channels < 1 or heads < 1 or channels % heads != 0:
-            raise ValueError(f"channels ({channels}) must be a positive multiple of heads ({heads})")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
-        if not 0.0 <= dense_threshold <= 1.0:
-            raise ValueError(f"dense_threshold must be in [0, 1], got {dense_threshold}")
-        self.channels = channels
-        self.heads = heads
-        self.head_dim = channels // heads
-        self.dropout = dropout
+                 kernel: str = "auto") -> None:
+        super().__init__(channels, heads, normalization="zero_logit_softmax" if zero_logit else "softmax",
+                         dropout=dropout, kernel=kernel)
         self.zero_logit = zero_logit
-        self.kernel = kernel
-        self.dense_threshold = dense_threshold
         self.lin_query = nn.Linear(channels, channels)
         self.lin_key = nn.Linear(channels, channels)
         self.lin_value = nn.Linear(channels, channels)
         self.lin_out = nn.Linear(channels, channels)
-        self._alpha: Optional[Tensor] = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -145,63 +78,12 @@ class IntraBatchAttention(MessagePassing):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, x: Tensor, edge_index: Adjacency,
-                return_attention_weights: Optional[bool] = None
-                ) -> Union[Tensor, tuple[Tensor, tuple[Tensor, Tensor]], tuple[Tensor, Adjacency]]:
-        """Attend along the edges; see the class docstring for the shapes."""
-        if x.dim() != 2 or x.size(1) != self.channels:
-            raise ValueError(f"x must have shape (N, {self.channels}), got {tuple(x.shape)}")
-        n = x.size(0)
-        edges, ptr, adj = read_adjacency(edge_index, n)
-        h, d = self.heads, self.head_dim
-        query = self.lin_query(x).view(n, h, d)
-        key = self.lin_key(x).view(n, h, d)
-        value = self.lin_value(x).view(n, h, d)
-        if self._dense(edges.size(1), n):
-            out, alpha = self._dense_attention(query, key, value, edges, bool(return_attention_weights))
-        else:
-            out = self.propagate(edges, query=query, key=key, value=value,
-                                 target_ptr=ptr, size=(n, n))
-            alpha, self._alpha = self._alpha, None
-        out = self.lin_out(out.reshape(n, self.channels))
-        if not return_attention_weights:
-            return out
-        return out, with_weights(adj, edges, alpha)
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        shape = (x.size(0), self.heads, self.head_dim)
+        return self.lin_query(x).view(shape), self.lin_key(x).view(shape), self.lin_value(x).view(shape)
 
-    def _dense(self, num_edges: int, num_nodes: int) -> bool:
-        if self.kernel != "auto":
-            return self.kernel == "dense"
-        return num_edges >= self.dense_threshold * num_nodes * num_nodes
-
-    def message(self, query_i: Tensor, key_j: Tensor, value_j: Tensor, index: Tensor,
-                target_ptr: Optional[Tensor], size_i: Optional[int]) -> Tensor:
-        score = (query_i * key_j).sum(dim=-1) / math.sqrt(self.head_dim)  # (E, H)
-        norm = zero_logit_softmax if self.zero_logit else softmax
-        alpha = norm(score, index, target_ptr, size_i)
-        self._alpha = alpha
-        alpha = F.dropout(alpha, p=self.dropout, training=self.training)
-        return value_j * alpha.unsqueeze(-1)
-
-    def _dense_attention(self, query: Tensor, key: Tensor, value: Tensor, edges: Tensor,
-                         need_weights: bool) -> tuple[Tensor, Optional[Tensor]]:
-        """All N² scores at once; missing edges get the additive bias log(0) = -inf and repeated ones
-        log(multiplicity). Returns the aggregated messages (N, H, D) and, if asked, alpha (E, H)."""
-        n = query.size(0)
-        src, tgt = edges[0], edges[1]
-        count = torch.bincount(tgt * n + src, minlength=n * n).view(n, n)
-        bias = count.to(query.dtype).log()  # (N, N): [i, j] for the edge j -> i
-        q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # (H, N, D)
-        score = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=1.0 / math.sqrt(self.head_dim))
-        if self.zero_logit:
-            attn = F.pad(score, (0, 1)).softmax(dim=-1)[..., :n]
-        else:
-            has_in = (count.sum(dim=1) > 0).view(1, n, 1)
-            attn = score.masked_fill(~has_in, 0.0).softmax(dim=-1) * has_in
-        alpha = None
-        if need_weights:
-            alpha = (attn[:, tgt, src] / count[tgt, src]).t()
-        attn = F.dropout(attn, p=self.dropout, training=self.training)
-        return (attn @ v).transpose(0, 1), alpha
+    def project_out(self, out: Tensor) -> Tensor:
+        return self.lin_out(out)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.channels}, heads={self.heads}, dropout={self.dropout}, "
@@ -248,17 +130,30 @@ class IntraBatchMPN(nn.Module):
     r"""The message passing network of Seidenschwarz et al. (ICML 2021): ``Linear(in, C)`` then ``layers``
     :class:`IntraBatchLayer` s over the graph.
 
-    ``forward`` returns the node features: the last layer's output (N, C), or with ``concat=True`` the
-    concatenation of every layer's output, (N, layers·C), as the released Cars196 config classifies.
-    The paper's head (a BatchNorm neck and a bias-free classifier) is the loss's:
-    :class:`pygml.losses.ClassifierCELoss` with ``neck=True, bias=False, init_std=1e-3``.
+    .. math:: h^{(0)} = W_{in} x, \qquad h^{(l)} = \mathrm{Layer}_l(h^{(l-1)}, G)
+
+    ``forward`` returns the node features: the last layer's output :math:`h^{(L)}`, or with
+    ``concat=True`` the concatenation :math:`[h^{(1)} \Vert \dots \Vert h^{(L)}]` of every layer's output
+    (as the released Cars196 config does); their width is :attr:`out_channels`. The paper's BatchNorm
+    neck and classifier act on these features inside the loss
+    (:class:`pygml.losses.ClassifierCELoss` with ``neck=True, bias=False, init_std=1e-3``).
+
+    Args:
+        in_channels: width of the input features.
+        channels: C, the width of every layer.
+        layers: L ≥ 1.
+        heads, dropout, zero_logit, kernel: of every :class:`IntraBatchLayer`.
+        concat: return every layer's output, concatenated.
+
+    Shapes: x (N, in_channels), ``edge_index`` (2, E) or a sparse adjacency → (N, C), or (N, L·C) with
+    ``concat``.
     """
 
-    def __init__(self, in_channels: int, channels: int, layers: int = 1, heads: int = 2,
-                 dropout: float = 0.1, zero_logit: bool = True, concat: bool = False, kernel: str = "auto") -> None:
+    def __init__(self, in_channels: int, channels: int, layers: int = 1, heads: int = 2, dropout: float = 0.1,
+                 zero_logit: bool = True, concat: bool = False, kernel: str = "auto") -> None:
         super().__init__()
-        if layers < 1:
-            raise ValueError(f"layers must be at least 1, got {layers}")
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+            raise ValueError(f"layers must be a positive int, got {layers!r}")
         self.concat = concat
         self.out_channels = channels * layers if concat else channels
         self.lin_in = nn.Linear(in_channels, channels)
@@ -280,7 +175,8 @@ class IntraBatchMPN(nn.Module):
         return outs
 
     def features(self, x: Tensor, edge_index: Adjacency) -> Tensor:
-        """The node features after the last layer, (N, C): what the test-time refinement uses."""
+        """The node features after the last layer, (N, C), whatever ``concat``: what the test-time
+        refinement uses."""
         return self._layer_outputs(x, edge_index)[-1]
 
     def forward(self, x: Tensor, edge_index: Adjacency) -> Tensor:
