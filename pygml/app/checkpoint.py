@@ -3,7 +3,8 @@
 A checkpoint is a dict of tensors and plain Python values (no pickled objects), so it loads with
 ``torch.load(weights_only=True)``. Writing goes to a temporary file in the same folder, flushed to
 disk, then renamed over the old checkpoint (:func:`pygml.atomic.atomic_path`, through
-:mod:`pygml.app.storage`): a crash or a full disk while writing leaves the previous file intact, and a half-written file is never at the checkpoint's path.
+:mod:`pygml.app.storage`): a crash or a full disk while writing leaves the previous file intact, and a
+half-written file is never at the checkpoint's path.
 """
 
 from __future__ import annotations

@@ -109,6 +109,7 @@ class RunLock:
         self.path = self.directory / LOCK_FILE
         self.take_foreign = take_foreign
         self._fd: Optional[int] = None
+        self._made: list[Path] = []  # the folders acquire() created, deepest first
         self._stop = threading.Event()
         self._heartbeat: Optional[threading.Thread] = None
 
@@ -168,6 +169,11 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock (creating the directory), or raise a :class:`RunDirError` naming the holder."""
+        self._made = []
+        for folder in (self.directory, *self.directory.parents):
+            if folder.exists():
+                break
+            self._made.append(folder)
         self.directory.mkdir(parents=True, exist_ok=True)
         fd, locked = self._open_locked()
         try:
@@ -195,7 +201,8 @@ class RunLock:
                 pass  # the directory is gone or the lock released: the run's own writes report it
 
     def release(self) -> None:
-        """Give the lock back (delete the file, unless another process took it over); harmless when not held."""
+        """Give the lock back (delete the file, unless another process took it over, and the folders
+        :meth:`acquire` created if nothing else was written to them); harmless when not held."""
         if self._fd is None:
             return
         self._stop.set()
@@ -210,6 +217,15 @@ class RunLock:
         finally:
             os.close(self._fd)
             self._fd = None
+        self._remove_made()
+
+    def _remove_made(self) -> None:
+        for folder in self._made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # the run wrote files there (or the folder is gone): keep it
+        self._made = []
 
     def __enter__(self) -> "RunLock":
         self.acquire()
