@@ -21,7 +21,11 @@ Content = Union[bytes, str, Callable[[IO[bytes]], None]]
 
 
 class StorageError(OSError):
-    """A run file could not be written; the message names the path, the cause and what is left on disk."""
+    """A run file could not be written; the message names the path, the cause and what is left on disk
+    (``errno`` is the cause's)."""
+
+    def __str__(self) -> str:
+        return self.strerror if self.errno is not None else super().__str__()
 
 
 class _RecordingFile:
