@@ -5,8 +5,8 @@
   from a worker process, and :func:`readable_batches` raises a :class:`DataError` naming the image and
   the step, or, with ``data.skip_corrupt``, drops the image from its batch, logs it and counts it.
 - A data-loader worker process that dies (the kernel's OOM killer, a crash in a decoder): torch notices
-  and raises; :func:`worker_guard` turns that into a :class:`LoaderWorkerError` naming the worker and
-  the batch the loader was producing.
+  and raises (or the connection over which the worker hands a batch over is reset); :func:`worker_guard`
+  turns that into a :class:`LoaderWorkerError` naming the worker and the batch the loader was producing.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from torch.utils.data import Dataset, default_collate
 
 from pygml.app.reports import log
-from pygml.data.benchmarks import CorruptImageError
+from pygml.data import CorruptImageError
 
 
 class DataError(ValueError):
@@ -80,23 +80,29 @@ def readable_batches(loader: Iterable[tuple[Optional[Any], list[Unreadable]]], *
 
 
 def is_worker_death(exc: BaseException) -> bool:
-    """Whether ``exc`` is torch's report of a data-loader worker that died or exited unexpectedly."""
-    return isinstance(exc, RuntimeError) and "DataLoader worker (pid" in str(exc)
+    """Whether ``exc`` is how a data-loader worker's death shows: torch's report of a worker that died or
+    exited unexpectedly, or a connection to a worker that was reset while it handed over a batch."""
+    return (isinstance(exc, RuntimeError) and "DataLoader worker (pid" in str(exc)) or isinstance(exc, ConnectionError)
+
+
+def _describe_death(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionError):
+        return f"a DataLoader worker died while handing over a batch ({type(exc).__name__}: {exc})"
+    return str(exc).strip().splitlines()[0].rstrip(".")
 
 
 @contextmanager
 def worker_guard(where: Callable[[], str]) -> Iterator[None]:
-    """Turn torch's report of a dead data-loader worker, raised anywhere in the block, into a
+    """Turn the death of a data-loader worker (:func:`is_worker_death`), raised anywhere in the block, into a
     :class:`LoaderWorkerError` naming the worker and ``where()`` (the batch being loaded)."""
     try:
         yield
-    except RuntimeError as exc:
+    except (RuntimeError, ConnectionError) as exc:
         if not is_worker_death(exc):
             raise
-        first = str(exc).strip().splitlines()[0].rstrip(".")
-        raise LoaderWorkerError(f"{first} while the training loader was producing the batch of {where()}. A worker "
-                                "killed by signal 9 (Killed) was usually stopped by the kernel for lack of memory: "
-                                "lower data.num_workers or the batch size") from None
+        raise LoaderWorkerError(f"{_describe_death(exc)} while the training loader was producing the batch of "
+                                f"{where()}. A worker killed by signal 9 (Killed) was usually stopped by the kernel "
+                                "for lack of memory: lower data.num_workers or the batch size") from None
 
 
 __all__ = ["DataError", "LoaderWorkerError", "ReadGuard", "Unreadable", "collate", "is_worker_death",
