@@ -200,3 +200,24 @@ def test_a_file_system_that_fills_up_stops_the_run_with_its_last_checkpoint(tmp_
     step = load_checkpoint(ckpt)["run"]["global_step"]
     assert f"(step {step}); the same command with --resume auto continues from it" in errors[0]
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_signal_to_one_torchrun_worker_stops_every_rank_after_the_same_step(tmp_path, tiny_overrides):
+    """Rank 1 alone gets SIGUSR1: both ranks write one checkpoint after the same step and exit 75; rank 0
+    does not wait in a collective for a rank that left."""
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "2",
+                "--monitor-interval", "0.2"]
+    out = tmp_path / "run"
+    args = [*tiny_overrides, *EXTRA, "train.checkpoint_every_steps=2", f"train.out_dir={out}", "--resume", "auto"]
+    proc = subprocess.Popen([*torchrun, str(ROOT / "train.py"), *args], cwd=ROOT,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_step(proc, out / "checkpoint.pt", random.Random().randint(2, 12))
+    pids = _rank_pids(proc.pid)
+    os.kill(pids[1], signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    found = re.findall(r"preempted at step (\d+) \(a signal to rank 1\)", err)
+    assert len(found) == 1, err[-3000:]
+    assert load_checkpoint(out / "checkpoint.pt")["run"]["global_step"] == int(found[0])
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", err)
+    assert codes and set(codes) == {str(EXIT_PREEMPTED)}, err[-3000:]  # torchrun's report of its workers
