@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Iterator
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -38,8 +42,9 @@ def check_folder(path: str | os.PathLike, what: str = "output") -> Path:
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` (same folder, so the final rename is atomic); on success the file
-    written there is fsynced and renamed to ``path``, on any exception it is deleted. Temporary files
-    left by a writer that was killed (``.<name>.*.tmp``) are removed after a successful write.
+    written there is fsynced and renamed to ``path``, on any exception it is deleted. The file gets the
+    mode a file written in place would get (``0o666`` less the umask). Temporary files left by a writer
+    that was killed (``.<name>.*.tmp``) are removed after a successful write.
 
     >>> with atomic_path("out/embeddings.npy") as tmp, open(tmp, "wb") as f:  # doctest: +SKIP
     ...     np.save(f, x)  # out/embeddings.npy appears only once np.save has returned
@@ -49,7 +54,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # the mode of a file written in place, not mkstemp's 0600
+    finally:
+        os.close(fd)
     tmp = Path(name)
     try:
         yield tmp

@@ -29,3 +29,12 @@ def test_check_folder_names_what_is_wrong(tmp_path):
         check_folder(tmp_path / "no" / "i.faiss", "index")
     with pytest.raises(ValueError, match="it is a folder"):
         check_folder(tmp_path)
+
+
+def test_the_file_has_the_mode_of_a_file_written_in_place(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("in place")
+    target = tmp_path / "atomic.txt"
+    with atomic_path(target) as tmp:
+        tmp.write_text("atomic")
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777

@@ -2,8 +2,9 @@
 
 A checkpoint is a dict of tensors and plain Python values (no pickled objects), so it loads with
 ``torch.load(weights_only=True)``. Writing goes to a temporary file in the same folder, flushed to
-disk, then renamed over the old checkpoint: a crash while writing leaves the previous file intact,
-and a half-written file is never at the checkpoint's path.
+disk, then renamed over the old checkpoint (:func:`pygml.atomic.atomic_path`, through
+:mod:`pygml.app.storage`): a crash or a full disk while writing leaves the previous file intact, and a
+half-written file is never at the checkpoint's path.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pygml.atomic import atomic_path
+from pygml.app.storage import atomic_write
 from pygml.models.weights import fit_state_dict
 
 FORMAT = "pygml-checkpoint"
@@ -27,12 +28,11 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file + fsync + rename, :func:`pygml.atomic.atomic_path`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``state`` to ``path`` atomically (:func:`pygml.app.storage.atomic_write`) in an existing folder;
+    a failed write raises a :class:`~pygml.app.storage.StorageError` naming the path and leaves the previous
+    checkpoint whole."""
     state = {"format": FORMAT, "version": VERSION, **state}
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, method: str | None = None) -> dict[str, Any]:

@@ -1,4 +1,20 @@
-"""Command-line entry points: ``pygml-train`` / ``python train.py`` and ``pygml-eval`` / ``python eval.py``."""
+"""Command-line entry points: ``pygml-train`` / ``python train.py`` and ``pygml-eval`` / ``python eval.py``.
+
+Failures the user can act on end in one line on stderr (the traceback with ``PYGML_DEBUG=1``), printed
+once under torchrun (by rank 0) when every rank meets them, and an exit status that says what happened
+(``docs/reliability.md``):
+
+====  ==========================================================================================
+0     done
+1     the run failed: a non-finite loss, a data-loader worker that died (or an unexpected error,
+      with its traceback)
+2     a user error: config, paths, data, checkpoints, a run directory in use or holding a run
+74    a run file could not be written (disk full, permission, directory gone): ``EX_IOERR``
+75    preempted (SIGTERM or SIGUSR1) after writing a checkpoint: ``EX_TEMPFAIL``, run the same
+      command with ``--resume auto``
+130   interrupted by Ctrl-C
+====  ==========================================================================================
+"""
 
 from __future__ import annotations
 
@@ -11,18 +27,46 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from pygml.app import distributed
+from pygml.app.checkpoint import CheckpointError
+from pygml.app.config import ConfigError
+from pygml.app.loading import LoaderWorkerError
+from pygml.app.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted
 from pygml.app.reports import log, metrics_frame, metrics_table, setup_logging
+from pygml.app.rundir import RunDirError
+from pygml.app.storage import StorageError, atomic_write
 
-#: errors that come from the user's input (config, paths, data, checkpoints): printed as one line
+EXIT_FAILED, EXIT_USER_ERROR, EXIT_STORAGE = 1, 2, 74
+#: errors that come from the user's input (config, paths, data, checkpoints, the run directory)
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
+#: failures reported in one line, with their exit status (the first class that matches)
+FAILURES = ((StorageError, EXIT_STORAGE), (USER_ERRORS, EXIT_USER_ERROR), (LoaderWorkerError, EXIT_FAILED),
+            (FloatingPointError, EXIT_FAILED))
+#: failures every rank meets alike under torchrun: rank 0 alone prints them
+SAME_ON_EVERY_RANK = (ConfigError, CheckpointError, RunDirError, StorageError, FloatingPointError, KeyboardInterrupt)
+
+
+def _report(exc: BaseException, text: str) -> None:
+    """Print ``text`` to stderr, once under torchrun for a failure every rank meets, else with the rank."""
+    rank = distributed.env_info().rank
+    if rank == 0:
+        print(text, file=sys.stderr)
+    elif not isinstance(exc, SAME_ON_EVERY_RANK):
+        print(f"rank {rank}: {text}", file=sys.stderr)
 
 
 def _fail(exc: BaseException) -> int:
-    """Print a user error as one line (the full traceback with ``PYGML_DEBUG=1``) and return exit code 2."""
+    """Report an expected failure as one line (the full traceback with ``PYGML_DEBUG=1``) and return its
+    exit status; anything else is raised."""
     if os.environ.get("PYGML_DEBUG"):
         raise exc
-    print(f"error: {exc}", file=sys.stderr)
-    return 2
+    if isinstance(exc, Preempted):
+        return EXIT_PREEMPTED  # the run has logged it
+    if isinstance(exc, KeyboardInterrupt):
+        _report(exc, f"{exc}" if str(exc) else "interrupted")
+        return EXIT_INTERRUPTED
+    code = next(code for kinds, code in FAILURES if isinstance(exc, kinds))
+    _report(exc, f"error: {exc}")
+    return code
 
 
 def import_modules(names: Sequence[str]) -> None:
@@ -46,14 +90,27 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(main: Callable[[], int]) -> int:
-    """Run a command's body: user errors as one line and exit code 2, the process group closed after."""
+    """Run a command's body: expected failures as one line and their exit status, the process group closed
+    after."""
     setup_logging()
     try:
         return main()
-    except USER_ERRORS as exc:
+    except (Preempted, KeyboardInterrupt, StorageError, LoaderWorkerError, FloatingPointError, *USER_ERRORS) as exc:
         return _fail(exc)
     finally:
         distributed.shutdown()
+
+
+#: what ``--resume`` takes; ``--resume`` alone is ``must``
+RESUME_CHOICES = ("auto", "must", "true")
+
+
+def _resume_value(argv: Sequence[str]) -> list[str]:
+    """``argv`` with a bare ``--resume`` written ``--resume=must`` when the next word is not one of
+    :data:`RESUME_CHOICES`, so ``--resume train.epochs=3`` keeps the override."""
+    argv = list(argv)
+    return [("--resume=must" if word == "--resume" and (i + 1 == len(argv) or argv[i + 1] not in RESUME_CHOICES)
+             else word) for i, word in enumerate(argv)]
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -62,11 +119,19 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         description="Train a pygml method. Example: python train.py --config configs/baseline/glyphs.yaml train.epochs=3",
     )
     parser.add_argument("--config", "-c", help="YAML config (see configs/); defaults apply without one")
-    parser.add_argument("--resume", action="store_true", help="continue from <train.out_dir>/checkpoint.pt")
+    parser.add_argument("--resume", nargs="?", const="must", choices=RESUME_CHOICES,
+                        help="continue from <train.out_dir>/checkpoint.pt: alone (or 'true'), the checkpoint must "
+                             "exist; 'auto' continues it when there is one and starts afresh otherwise, so a "
+                             "requeued or restarted command needs no edit (default: train.resume)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a train.out_dir that holds a run, deleting its run files")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume with config changes that alter the run (method options, data, batch, model, "
+                             "optimiser, ...); they are printed either way")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     _common(parser)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides")
-    args = parser.parse_intermixed_args(argv)
+    args = parser.parse_intermixed_args(_resume_value(sys.argv[1:] if argv is None else argv))
 
     def body() -> int:
         import_modules(args.imports)
@@ -77,7 +142,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         if args.print_config:
             print(config_to_yaml(cfg))
             return 0
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite,
+                       allow_config_change=args.allow_config_change)
         if distributed.is_main() and "test" in result:
             print(f"\n{cfg.method} on {cfg.data.name}, last epoch ({result['epochs_done']}), test split:")
             print(metrics_table(result["test"], result["eval"]))
@@ -115,9 +181,9 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         out = Path(args.out) if args.out else Path(args.checkpoint).parent
         out.mkdir(parents=True, exist_ok=True)
-        (out / "eval_metrics.json").write_text(json.dumps({**result["metrics"], "eval": result["eval"]}, indent=2))
-        metrics_frame({**result["metrics"]["test"], **{f"eval_{k}": v for k, v in result["eval"].items()}}).to_csv(
-            out / "eval_metrics.csv", index=False)
+        atomic_write(out / "eval_metrics.json", json.dumps({**result["metrics"], "eval": result["eval"]}, indent=2))
+        atomic_write(out / "eval_metrics.csv", metrics_frame(
+            {**result["metrics"]["test"], **{f"eval_{k}": v for k, v in result["eval"].items()}}).to_csv(index=False))
         print(f"{result['method']} checkpoint {args.checkpoint}, test split of {result['data']}:")
         print(metrics_table(result["metrics"]["test"], result["eval"]))
         log.info("written: %s, %s", out / "eval_metrics.json", out / "eval_metrics.csv")
@@ -131,4 +197,5 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     return _run(body)
 
 
-__all__ = ["eval_main", "import_modules", "train_main"]
+__all__ = ["EXIT_FAILED", "EXIT_STORAGE", "EXIT_USER_ERROR", "FAILURES", "RESUME_CHOICES", "USER_ERRORS", "eval_main",
+           "import_modules", "train_main"]

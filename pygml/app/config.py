@@ -173,6 +173,9 @@ AMP_MODES = ("off", "fp16", "bf16")
 NONFINITE_POLICIES = ("raise", "skip")
 #: ``train.sampler``: the batch samplers of :mod:`pygml.data`
 SAMPLER_NAMES = ("pk", "intra_batch", "class_pass")
+#: ``train.resume`` (``--resume``): start afresh, continue the run directory's checkpoint when there is one,
+#: or continue one that must be there (pygml.app.rundir)
+RESUME_MODES = ("never", "auto", "must")
 
 
 @dataclass
@@ -199,6 +202,8 @@ class TrainConfig:
     amp: str = "off"
     #: where the run is written; ``null`` = ``runs/<method>-<dataset>-<date>-<time>``
     out_dir: Optional[str] = None
+    #: never | auto | must: whether the run continues ``<out_dir>/checkpoint.pt`` (``--resume`` overrides it)
+    resume: str = "never"
     #: evaluate every N epochs (and always after the last)
     eval_every: int = 1
     #: also evaluate the test split at each evaluation (for the curves; never used to select a model)
@@ -232,6 +237,7 @@ class TrainConfig:
             (self.max_steps_per_epoch >= 0, "max_steps_per_epoch", "a number of batches >= 0 (0 = full epoch)"),
             (self.amp in AMP_MODES, "amp", f"one of {', '.join(AMP_MODES)}"),
             (self.nonfinite in NONFINITE_POLICIES, "nonfinite", f"one of {', '.join(NONFINITE_POLICIES)}"),
+            (self.resume in RESUME_MODES, "resume", f"one of {', '.join(RESUME_MODES)}"),
             (self.eval_every >= 1, "eval_every", "a positive number of epochs"),
             (self.checkpoint_every_steps >= 0, "checkpoint_every_steps", "a number of steps >= 0 (0 = off)"),
             (self.stop_after_steps >= 0, "stop_after_steps", "a number of steps >= 0 (0 = never)"),
@@ -507,6 +513,6 @@ def config_to_yaml(cfg: Any) -> str:
 __all__ = [
     "AMP_MODES", "BGFormerConfig", "BaselineConfig", "Config", "ConfigError", "DataConfig", "EvalConfig",
     "IntraBatchConfig", "LossConfig", "MinerConfig", "ModelConfig", "NONFINITE_POLICIES", "OptimConfig",
-    "PACKAGED_CONFIGS", "ProxyGMLConfig", "TrainConfig", "apply_overrides", "config_class", "config_from_dict", "config_to_dict",
-    "config_to_yaml", "load_config", "resolve_config",
+    "PACKAGED_CONFIGS", "ProxyGMLConfig", "RESUME_MODES", "TrainConfig", "apply_overrides", "config_class",
+    "config_from_dict", "config_to_dict", "config_to_yaml", "load_config", "resolve_config",
 ]

@@ -8,6 +8,11 @@ sums the incoming gradient over ranks and returns each rank the slice of its own
 averages gradients over the W ranks, a loss computed on the gathered global batch then gives every
 parameter the gradient of that loss on one process holding the whole batch.
 
+Agreement: :func:`ranks_where` tells every rank which ranks raised a flag (a non-finite loss, a
+preemption signal), so that all of them take the same branch and none waits in a collective for a
+rank that left; :func:`broadcast_object` and :func:`gather_objects` carry rank 0's decisions and every
+rank's random state.
+
 Evaluation: :func:`shard` gives each rank a contiguous share of a dataset to embed, and
 :func:`gather_rows` collects the rows on rank 0 only, which evaluates. :class:`SyncBatchNorm` (through
 :func:`convert_sync_batchnorm`) computes BatchNorm statistics over the global batch, on CUDA (torch's
@@ -19,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -85,6 +90,11 @@ def world_size() -> int:
     return dist.get_world_size() if running() else 1
 
 
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if running() else 0
+
+
 def is_main() -> bool:
     """Whether this process is rank 0 (or the only process)."""
     return not running() or dist.get_rank() == 0
@@ -104,6 +114,36 @@ def _comm_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` (any picklable value) on every rank; ``obj`` itself without a process group."""
+    if not running():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(obj: Any, dst: int = 0) -> Optional[list[Any]]:
+    """Every rank's ``obj`` in rank order on rank ``dst``, ``None`` on the others; ``[obj]`` without a
+    process group."""
+    if not running():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
+def ranks_where(flag: bool) -> list[int]:
+    """The ranks on which ``flag`` is true, the same list on every rank (one small all-gather): how ranks
+    agree to take the same branch before a collective. ``[0]`` or ``[]`` without a process group."""
+    if not running():
+        return [0] if flag else []
+    flags = torch.zeros(dist.get_world_size(), dtype=torch.int32, device=_comm_device())
+    flags[dist.get_rank()] = int(flag)
+    dist.all_reduce(flags)
+    return [int(r) for r in torch.nonzero(flags).flatten().tolist()]
 
 
 def _padded(x: Tensor) -> tuple[Tensor, list[int]]:

@@ -97,7 +97,9 @@ def test_a_run_records_its_data_and_eval_refuses_other_data(tiny_overrides, tmp_
 
 def test_an_image_folder_named_as_the_glyphs_root_is_refused(tmp_path):
     (tmp_path / "photo.jpg").write_bytes(b"not glyphs")
-    with pytest.raises(ConfigError, match=r"holds files that are not glyph caches \(photo.jpg\).*data.name=folder"):
+    # the run's directory, locked before the data is read, is listed beside the photo, and removed after
+    with pytest.raises(ConfigError,
+                       match=r"holds files that are not glyph caches \(photo.jpg, run\).*data.name=folder"):
         train(load_config(None, [f"data.root={tmp_path}", f"train.out_dir={tmp_path / 'run'}"]))
     assert [p.name for p in tmp_path.iterdir()] == ["photo.jpg"]  # nothing written into the user's folder
 
