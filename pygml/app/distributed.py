@@ -57,7 +57,13 @@ def init(device: torch.device) -> DistInfo:
     info = env_info()
     if info.enabled and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        timeout = timedelta(minutes=30)
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+        # torchrun's agent keeps its store across the restarts of an elastic run: the workers of each
+        # restart meet under a prefix of their own, never at the addresses a dead worker left there
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend, store=dist.PrefixStore(f"pygml/restart{restart}", store), rank=rank,
+                                world_size=world_size, timeout=timeout)
     return info
 
 
