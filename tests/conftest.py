@@ -151,3 +151,26 @@ def restore_registries():
         file = getattr(sys.modules[name], "__file__", None)
         if file and not any(Path(file).resolve().is_relative_to(p) for p in installed):
             del sys.modules[name]
+
+
+@pytest.fixture
+def step_fault(monkeypatch):
+    """``step_fault(step, kind)``: the baseline's ``step``-th forward pass (1-based, counted from the patch)
+    gives a NaN loss (``kind="nan"``) or raises ``KeyboardInterrupt``, as Ctrl-C would (``"interrupt"``)."""
+    from pygml.methods import Baseline
+
+    original = Baseline.forward
+
+    def patch(step: int, kind: str = "nan") -> None:
+        calls = {"n": 0}
+
+        def forward(self, images, labels):
+            calls["n"] += 1
+            if calls["n"] == step and kind == "interrupt":
+                raise KeyboardInterrupt
+            loss, logs = original(self, images, labels)
+            return (loss * float("nan") if calls["n"] == step else loss), logs
+
+        monkeypatch.setattr(Baseline, "forward", forward)
+
+    return patch

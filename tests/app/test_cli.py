@@ -72,6 +72,20 @@ def test_cli_errors_are_clear(tmp_path, tiny_overrides, capsys):
     assert err.startswith("error: --import no_such_module_of_pygml:") and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("kind, code, says", [
+    ("nan", 1, r"^error: .*step 3 .*loss=nan.*train\.nonfinite=skip.*"),
+    ("interrupt", 130, r"^interrupted at step 2; "),
+])
+def test_a_stopped_run_says_in_one_line_where_its_checkpoint_is(tmp_path, tiny_overrides, step_fault, capsys,
+                                                               kind, code, says):
+    step_fault(3, kind)
+    out = tmp_path / "run"
+    assert train_main([*tiny_overrides, "train.checkpoint_every_steps=2", f"train.out_dir={out}"]) == code
+    err = capsys.readouterr().err.strip().splitlines()  # the run's log lines, then the failure in one line
+    assert not any("Traceback" in line for line in err) and re.search(says, err[-1]), err
+    assert f"the last checkpoint is {out / 'checkpoint.pt'} (step 2); the same command with --resume auto" in err[-1]
+
+
 def test_eval_plots_and_intra_batch_refinement(tmp_path, tiny_overrides, capsys):
     out = tmp_path / "ib"
     assert train_main([*tiny_overrides, "method=intra_batch", "intra_batch.heads=2", "train.epochs=1",

@@ -136,6 +136,16 @@ def test_torchrun_two_processes_end_to_end(tmp_path):
     assert two["recall@1"] == pytest.approx(trained["recall@1"], abs=1e-6)
 
 
+def test_under_torchrun_a_user_error_is_printed_once(tmp_path):
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", "--master_port",
+                str(_free_port())]
+    proc = subprocess.run(torchrun + [str(ROOT / "train.py"), "train.epochs=0", f"train.out_dir={tmp_path}"], cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: config key 'train.epochs' is 0") == 1, proc.stderr[-3000:]
+    assert "rank 1" not in proc.stderr
+
+
 def test_without_sync_batchnorm_two_processes_differ_from_one(tmp_path):
     """The control of the SyncBatchNorm case: per-rank BatchNorm statistics change the weights."""
     overrides = ["method=baseline", "model.frozen_bn=false"]

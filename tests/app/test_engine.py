@@ -69,28 +69,14 @@ def test_resume_refuses_another_method(tiny_config):
         train(tiny_config("method=proxygml"), resume=True)
 
 
-def _nan_at(step):
-    calls = {"n": 0}
-    original = Baseline.forward
-
-    def forward(self, images, labels):
-        loss, logs = original(self, images, labels)
-        calls["n"] += 1
-        if calls["n"] == step:
-            loss = loss * float("nan")
-        return loss, logs
-
-    return forward
-
-
-def test_nonfinite_loss_stops_with_the_step_named(tiny_config, monkeypatch):
-    monkeypatch.setattr(Baseline, "forward", _nan_at(3))
+def test_nonfinite_loss_stops_with_the_step_named(tiny_config, step_fault):
+    step_fault(3)
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 3 .*loss=nan"):
         train(tiny_config("train.epochs=1"))
 
 
-def test_nonfinite_loss_can_be_skipped_and_counted(tmp_path, tiny_config, monkeypatch):
-    monkeypatch.setattr(Baseline, "forward", _nan_at(3))
+def test_nonfinite_loss_can_be_skipped_and_counted(tmp_path, tiny_config, step_fault):
+    step_fault(3)
     result = train(tiny_config("train.epochs=1", "train.nonfinite=skip"))
     assert result["finished"]
     assert pd.read_csv(tmp_path / "log.csv")["skipped_steps"].tolist() == [1]
