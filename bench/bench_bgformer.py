@@ -137,7 +137,7 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
     whole batch."""
     dev = torch.device(device)
     if quick:
-        return _rows(64, 8, 64, 4, repeat=2, device=dev) + [_share_row(36, 8, 2048, 8, 1, 32, repeat=1, device=dev)]
+        return _rows(64, 8, 64, 4, repeat=2, device=dev) + [_share_row(36, 8, 2048, 8, 1, 64, repeat=1, device=dev)]
     resnet_batch = 405 if dev.type == "cuda" else RESNET_BATCH
     return _rows(405, 30, 384, 6, repeat=15, device=dev) + [
         _share_row(405, 30, 2048, 8, resnet_batch, 227, repeat=4, device=dev)]
