@@ -21,6 +21,9 @@ turns run by run so that a load from elsewhere on the machine falls on all of th
   batch of ``RESNET_BATCH`` images of 227² and scaled linearly to 405 images. A larger batch runs at
   least as efficiently per sample, so the estimate may overstate the backbone's time (and understate
   the graph share) by that difference, which is small on a CPU. Target: the graph part ≤ 5 %.
+
+``run(device="cuda")`` runs the same contenders on the GPU, and measures the ResNet-50 step on all 405
+images instead of estimating it.
 """
 
 from __future__ import annotations
@@ -81,24 +84,24 @@ class DenseTopK(nn.Module):
         return self.proj((attn @ v).transpose(0, 1).reshape(b, c))
 
 
-def _rows(b: int, k: int, c: int, heads: int, repeat: int) -> list[dict]:
+def _rows(b: int, k: int, c: int, heads: int, repeat: int, device: torch.device) -> list[dict]:
     torch.manual_seed(0)
-    x = torch.randn(b, c, requires_grad=True)
-    y = torch.arange(b) // 9
+    x = torch.randn(b, c, device=device, requires_grad=True)
+    y = torch.arange(b, device=device) // 9
     graph = batch_graph(x.detach(), y, k=k)
     edges = edges_of_type(graph, VISUAL)
-    blocked = torch.ones(b, b, dtype=torch.bool)
+    full = edges_of_type(batch_graph(x.detach(), y, k=None, label_edges=False), VISUAL)
+    blocked = torch.ones(b, b, dtype=torch.bool, device=device)
     blocked[edges[1], edges[0]] = False  # mask[i, j] = True: i may not attend to j
 
-    ssa = SSAConv(c, heads)
-    ssa_sparse = SSAConv(c, heads, kernel="sparse")
-    mha = nn.MultiheadAttention(c, heads)
-    tconv = TransformerConv(c, c // heads, heads=heads, root_weight=False)
-    full = edges_of_type(batch_graph(x.detach(), y, k=None), VISUAL)  # every pair, self loops included
-    ssa_topk = SSAConv(c, heads, top_k=k)
-    dense_topk = DenseTopK(c, heads, k)
-    block = BGFormerBlock(c, heads)
-    layer = nn.TransformerEncoderLayer(c, heads, 4 * c, dropout=0.0, activation="gelu", norm_first=True)
+    ssa = SSAConv(c, heads).to(device)
+    ssa_sparse = SSAConv(c, heads, kernel="sparse").to(device)
+    ssa_topk = SSAConv(c, heads, top_k=k).to(device)
+    mha = nn.MultiheadAttention(c, heads).to(device)
+    tconv = TransformerConv(c, c // heads, heads=heads, root_weight=False).to(device)
+    dense_topk = DenseTopK(c, heads, k).to(device)
+    block = BGFormerBlock(c, heads).to(device)
+    layer = nn.TransformerEncoderLayer(c, heads, 4 * c, dropout=0.0, activation="gelu", norm_first=True).to(device)
     t = _interleaved({
         "ours": _fwd_bwd(lambda: ssa(x, edges), x),
         "dense": _fwd_bwd(lambda: mha(x, x, x, attn_mask=blocked, need_weights=False)[0], x),
@@ -112,26 +115,27 @@ def _rows(b: int, k: int, c: int, heads: int, repeat: int) -> list[dict]:
     t_ours, t_dense, t_tconv, t_sparse, t_block, t_layer, t_topk, t_dense_topk = (
         t[n] for n in ("ours", "dense", "tconv", "sparse", "block", "layer", "topk", "dense_topk"))
 
-    size = f"B={b} K={k} C={c} H={heads}"
+    size = f"B={b} K={k} C={c} H={heads}" + ("" if device.type == "cpu" else f", {device.type}")
     return [
         row(f"SSAConv fwd+bwd, {size}", t_ours, t_dense, 1.0, reference_name="dense masked nn.MultiheadAttention"),
         row(f"SSAConv fwd+bwd, {size}", t_ours, t_tconv, 1.2, reference_name="PyG TransformerConv"),
         row(f"SSAConv kernel=sparse fwd+bwd, {size}", t_sparse, t_tconv, None, reference_name="PyG TransformerConv"),
-        row(f"SSAConv top_k={k} fwd+bwd, full batch graph, B={b} C={c} H={heads}", t_topk, t_dense_topk, 1.2,
+        row(f"SSAConv top_k={k} fwd+bwd, full batch graph, {size}", t_topk, t_dense_topk, 1.2,
             reference_name="dense top-K attention (qkv, q·kᵀ, topk, softmax)"),
         row(f"BGFormerBlock fwd+bwd, {size}", t_block, t_layer, None,
             reference_name="dense pre-norm nn.TransformerEncoderLayer"),
     ]
 
 
-def _share_row(b: int, k: int, dim: int, heads: int, resnet_batch: int, side: int, repeat: int) -> dict:
+def _share_row(b: int, k: int, dim: int, heads: int, resnet_batch: int, side: int, repeat: int,
+               device: torch.device) -> dict:
     from torchvision.models import resnet50
 
     torch.manual_seed(0)
-    f = torch.randn(b, dim, requires_grad=True)
-    y = torch.arange(b) // 9
-    block = BGFormerBlock(dim, heads)
-    head = nn.Linear(dim, 128)
+    f = torch.randn(b, dim, device=device, requires_grad=True)
+    y = torch.arange(b, device=device) // 9
+    block = BGFormerBlock(dim, heads).to(device)
+    head = nn.Linear(dim, 128).to(device)
     loss = ContrastiveCELoss(0.2)
 
     def graph_part() -> torch.Tensor:
@@ -139,18 +143,24 @@ def _share_row(b: int, k: int, dim: int, heads: int, resnet_batch: int, side: in
         return 0.5 * loss(head(f), y) + 0.5 * loss(head(h), y)
 
     t_graph = timeit(_fwd_bwd(graph_part, f), repeat=repeat)
-    net = resnet50(weights=None)
-    images = torch.rand(resnet_batch, 3, side, side)
+    net = resnet50(weights=None).to(device)
+    images = torch.rand(resnet_batch, 3, side, side, device=device)
     t_net = timeit(_fwd_bwd(lambda: net(images), images), repeat=max(1, repeat // 2)) * b / resnet_batch
-    name = f"graph part of a ResNet-50 step, B={b} at {side}² (est.)"
-    return row(name, t_graph, t_graph + t_net, 0.05,
-               reference_name=f"whole step: graph + ResNet-50 measured on {resnet_batch} images ×{b / resnet_batch:g}")
+    measured = "measured" if resnet_batch == b else f"measured on {resnet_batch} images ×{b / resnet_batch:g}"
+    name = f"graph part of a ResNet-50 step, B={b} at {side}²" + (
+        "" if resnet_batch == b else " (est.)") + ("" if device.type == "cpu" else f", {device.type}")
+    return row(name, t_graph, t_graph + t_net, 0.05, reference_name=f"whole step: graph + ResNet-50 {measured}")
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, device: str = "cpu") -> list[dict]:
+    """The rows at full (or ``quick``) size on ``device``; on CUDA the backbone step is measured on the
+    whole batch."""
+    dev = torch.device(device)
     if quick:
-        return _rows(64, 8, 64, 4, repeat=2) + [_share_row(36, 8, 2048, 8, 1, 64, repeat=1)]
-    return _rows(405, 30, 384, 6, repeat=15) + [_share_row(405, 30, 2048, 8, RESNET_BATCH, 227, repeat=4)]
+        return _rows(64, 8, 64, 4, repeat=2, device=dev) + [_share_row(36, 8, 2048, 8, 1, 64, repeat=1, device=dev)]
+    resnet_batch = 405 if dev.type == "cuda" else RESNET_BATCH
+    return _rows(405, 30, 384, 6, repeat=15, device=dev) + [
+        _share_row(405, 30, 2048, 8, resnet_batch, 227, repeat=4, device=dev)]
 
 
 if __name__ == "__main__":

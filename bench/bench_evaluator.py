@@ -18,6 +18,12 @@ Contenders, each given the same embeddings:
   (the depth an evaluator reading Recall@1000 from a kNN list needs: 1000 + the query itself) and,
   as a stricter reference, with the depth our pass selects (+1 for the query itself).
 
+``run(device="cuda")`` runs every contender on the GPU: ours with ``device="cuda"`` (torch top-k),
+PML's calculator with ``device=cuda`` (its faiss search on the GPU when faiss has GPU support), faiss's
+flat index moved to the GPU (``index_cpu_to_all_gpus``; the faiss rows are left empty, with the reason,
+when the installed faiss has no GPU support). The contenders then run in this process, each once after
+a small warm-up, and the memory rows give ``torch.cuda.max_memory_allocated`` of ours instead of RSS.
+
 Memory: in the full run each contender runs alone in a fresh process that first loads the embeddings;
 the figure is the growth of the process' peak resident set size (``resource.getrusage``,
 ``ru_maxrss``) across the call, i.e. the most memory the evaluation held on top of its inputs.
@@ -84,7 +90,7 @@ def _depth(labels: np.ndarray) -> int:
     return max(int(np.bincount(labels).max()) - 1, min(max(RECALL_AT), MIN_DEPTH))
 
 
-def _pml_calculator():
+def _pml_calculator(device: str = "cpu"):
     import torch
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
@@ -104,11 +110,23 @@ def _pml_calculator():
         setattr(WithRecall, f"calculate_recall_at_{k}", metric(k))
     include = ("precision_at_1", "r_precision", "mean_average_precision_at_r") + tuple(
         f"recall_at_{k}" for k in RECALL_AT)
-    return WithRecall(include=include, k=max(RECALL_AT), device=torch.device("cpu"))
+    return WithRecall(include=include, k=max(RECALL_AT), device=torch.device(device))
 
 
-def contender(name: str, x: np.ndarray, labels: np.ndarray):
-    """A no-argument callable that runs contender ``name`` on (x, labels), returning its metrics or None."""
+def faiss_gpu_missing() -> str | None:
+    """Why faiss cannot search on a GPU here, or ``None`` when it can."""
+    import faiss
+
+    if not hasattr(faiss, "index_cpu_to_all_gpus"):
+        return f"faiss {faiss.__version__} is a CPU-only build"
+    if faiss.get_num_gpus() == 0:
+        return f"faiss {faiss.__version__} sees no GPU"
+    return None
+
+
+def contender(name: str, x: np.ndarray, labels: np.ndarray, device: str = "cpu"):
+    """A no-argument callable that runs contender ``name`` on (x, labels) on ``device``, returning its
+    metrics or None."""
     import faiss
 
     if name in ("ours", "ours_random"):
@@ -116,26 +134,54 @@ def contender(name: str, x: np.ndarray, labels: np.ndarray):
 
         if name == "ours_random":
             x = np.random.default_rng(1).standard_normal(x.shape, dtype=np.float32)
-        return lambda: evaluate(x, labels, recall_at=RECALL_AT, nmi=False, device="cpu")
+        return lambda: evaluate(x, labels, recall_at=RECALL_AT, nmi=False, device=device)
     unit = np.ascontiguousarray(_unit(x))
     if name == "pml":
-        calculator = _pml_calculator()
+        calculator = _pml_calculator(device)
         return lambda: calculator.get_accuracy(unit, labels)
     k = max(RECALL_AT) + 1 if name == "faiss_floor" else _depth(labels) + 1
+    if device != "cpu" and faiss_gpu_missing():
+        raise RuntimeError(f"faiss on {device}: {faiss_gpu_missing()}; install a GPU build of faiss")
 
     def search():
         index = faiss.IndexFlatIP(unit.shape[1])
+        if device != "cpu":
+            index = faiss.index_cpu_to_all_gpus(index)
         index.add(unit)
         index.search(unit, k)
 
     return search
 
 
-def _warm_up(x: np.ndarray, labels: np.ndarray) -> None:
+def _warm_up(x: np.ndarray, labels: np.ndarray, device: str = "cpu") -> None:
     """One small evaluation, so that the first timed call does not pay for library start-up."""
     from pygml.evaluation import evaluate
 
-    evaluate(x, labels, recall_at=(1,), nmi=False, device="cpu")
+    evaluate(x, labels, recall_at=(1,), nmi=False, device=device)
+
+
+def _in_process(x: np.ndarray, labels: np.ndarray, device: str) -> dict:
+    """Each contender timed once in this process after a small warm-up; on CUDA, with the peak of
+    allocated CUDA memory (``cuda_peak``); faiss contenders are left out where faiss has no GPU."""
+    import torch
+
+    cuda = device != "cpu"
+    _warm_up(x[:64], labels[:64], device)
+    results = {}
+    for name in CONTENDERS:
+        if cuda and name.startswith("faiss") and faiss_gpu_missing():
+            continue
+        fn = contender(name, x, labels, device)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        metrics = fn()
+        if cuda:
+            torch.cuda.synchronize()
+        results[name] = {"seconds": time.perf_counter() - start, "metrics": metrics,
+                         "cuda_peak": torch.cuda.max_memory_allocated() if cuda else None}
+    return results
 
 
 def _child(name: str, data: str) -> None:
@@ -170,17 +216,12 @@ def _disagreement(ours: dict, pml: dict) -> float:
     return worst
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, device: str = "cpu") -> list[dict]:
     n, n_classes = (N_QUICK, round(N_QUICK * CLASSES_FULL / N_FULL)) if quick else (N_FULL, CLASSES_FULL)
     x, labels = sop_like(n, n_classes)
-    size = f"{n}x{DIM}"
-    if quick:
-        _warm_up(x[:64], labels[:64])
-        results = {}
-        for name in CONTENDERS:
-            start = time.perf_counter()
-            metrics = contender(name, x, labels)()
-            results[name] = {"seconds": time.perf_counter() - start, "metrics": metrics}
+    size = f"{n}x{DIM}" + ("" if device == "cpu" else f" on {device}")
+    if quick or device != "cpu":
+        results = _in_process(x, labels, device)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             data = os.path.join(tmp, "embeddings.npz")
@@ -189,19 +230,29 @@ def run(quick: bool = False) -> list[dict]:
     worst = _disagreement(results["ours"]["metrics"], results["pml"]["metrics"])
     ours = results["ours"]["seconds"]
     depth = _depth(labels) + 1
+    faiss_on = "faiss IndexFlatIP" + ("" if device == "cpu" else " on the GPU")
+    if "faiss_floor" in results:
+        floor, at_depth = results["faiss_floor"]["seconds"], results["faiss_depth"]["seconds"]
+    else:
+        floor = at_depth = None
+        faiss_on += f" (not run: {faiss_gpu_missing()})"
     rows = [
         row(f"evaluate {size} R@1/10/100/1000+MAP@R+RP", ours, results["pml"]["seconds"], 0.5,
-            reference_name="PML AccuracyCalculator k=1000"),
-        row(f"evaluate {size} vs faiss floor k={max(RECALL_AT) + 1}", ours, results["faiss_floor"]["seconds"], 1.3,
-            reference_name=f"faiss IndexFlatIP search k={max(RECALL_AT) + 1}"),
-        row(f"evaluate {size} vs faiss search k={depth}", ours, results["faiss_depth"]["seconds"], None,
-            reference_name=f"faiss IndexFlatIP search k={depth}"),
-        row(f"evaluate {size}, random rows, vs faiss floor", results["ours_random"]["seconds"],
-            results["faiss_floor"]["seconds"], 1.3, reference_name=f"faiss IndexFlatIP search k={max(RECALL_AT) + 1}"),
+            reference_name=f"PML AccuracyCalculator k=1000 on {device}"),
+        row(f"evaluate {size} vs faiss floor k={max(RECALL_AT) + 1}", ours, floor, 1.3,
+            reference_name=f"{faiss_on} search k={max(RECALL_AT) + 1}"),
+        row(f"evaluate {size} vs faiss search k={depth}", ours, at_depth, None,
+            reference_name=f"{faiss_on} search k={depth}"),
+        row(f"evaluate {size}, random rows, vs faiss floor", results["ours_random"]["seconds"], floor, 1.3,
+            reference_name=f"{faiss_on} search k={max(RECALL_AT) + 1}"),
     ]
     rows.append(row(f"max |ours - PML| over the 7 metrics, {size}", worst, None, None, unit="",
                     reference_name="float32 near-ties only"))
-    if not quick:
+    if device != "cpu":
+        rows.append(row(f"evaluate {size} peak CUDA memory", float(results["ours"]["cuda_peak"]),
+                        float(results["pml"]["cuda_peak"]), None, unit="B",
+                        reference_name="PML AccuracyCalculator k=1000 (torch.cuda.max_memory_allocated)"))
+    elif not quick:
         rows += [
             row(f"evaluate {size} peak RSS increase", results["ours"]["peak"], MEMORY_BUDGET, 1.0, unit="B",
                 reference_name="3 GiB budget"),

@@ -45,8 +45,9 @@ def _step(module, x: Tensor, *args, **kwargs):
     return fn
 
 
-def run(quick: bool = False) -> list[dict]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def run(quick: bool = False, device: str | None = None) -> list[dict]:
+    """The rows at full (or ``quick``) size on ``device`` (by default CUDA where available, else the CPU)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     classes, per_class, channels, heads, k = (4, 3, 64, 4, 3) if quick else (15, 6, 512, 8, 10)
     repeat = 1 if quick else 40
     n = classes * per_class
@@ -71,7 +72,8 @@ def run(quick: bool = False) -> list[dict]:
         t_ours, t_edge, t_ref = _alternating_medians(
             [_step(ours, x, x, edge_index), _step(edgewise, x, x, edge_index), ref_fn], repeat)
         kernel = "dense" if ours.use_dense(n, edge_index.size(1)) else "edge-wise"
-        size = f"B={n}, {channels} ch, {heads} heads, {graph_name}, fwd+bwd"
+        size = f"B={n}, {channels} ch, {heads} heads, {graph_name}, fwd+bwd" + ("" if device.type == "cpu" else
+                                                                              f", {device.type}")
         target = 1.5 if graph_name == "full graph" else None
         rows.append(row(f"IntraBatchAttention auto ({kernel}), {size}", t_ours, t_ref, target,
                         reference_name=REFERENCE))

@@ -24,6 +24,11 @@ part): the ratio is what the method's graph part costs in memory.
   the two peaks do not fall at the same moment. Frozen BatchNorm parameters take a gradient in the
   estimate (the tracker hooks every parameter): under 1 MiB. CPU kernels may keep different intermediates from
   cuDNN's; the rows say which way each figure was taken.
+
+:func:`step_rows` times the same real step for throughput (images/s, against the baseline) in fp32
+and under bf16 autocast, with ``torch.cuda.max_memory_allocated`` on CUDA, for the settings of
+``STEP_SETTINGS`` (BGFormer also with the paper's ViT-S/16, random init): the GPU check
+(``python -m bench.gpu``) runs it on CUDA, and at a tiny size on the CPU in its dry run.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import row  # noqa: E402
+from bench.common import row, timeit  # noqa: E402
 
 #: (label, method, dataset config, overrides)
 SETTINGS = [
@@ -48,6 +53,13 @@ SETTINGS = [
     ("BGFormer CUB 45x9 ResNet-50 227", "bgformer", "cub", []),
     ("BGFormer CUB 45x9 ResNet-50 227, grad checkpointing", "bgformer", "cub", ["model.grad_checkpointing=true"]),
 ]
+#: the throughput settings: each method at its paper's batch, and BGFormer with the paper's ViT-S/16 at 224²
+STEP_SETTINGS = SETTINGS[:4] + [
+    ("BGFormer CUB 45x9 ViT-S/16 224", "bgformer", "cub",
+     ["model.backbone=vit_s16", "bgformer.heads=6", "data.image_size=224"]),
+]
+#: autocast dtype of each precision :func:`step_rows` times (None: full precision)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 #: training classes of each dataset (the classifier and proxy sizes depend on them)
 TRAIN_CLASSES = {"cub": 100, "cars": 98, "sop": 11318, "inshop": 3997}
 #: quick run: the same settings at 2 images per class and 64² images
@@ -79,29 +91,42 @@ def _method(cfg, num_classes: int):
     return method.train()
 
 
-def _step(method, optimizer, images, labels) -> None:
-    loss, _ = method(images, labels)
+def _step(method, optimizer, images, labels, amp_dtype: torch.dtype | None = None) -> None:
+    """Forward (under autocast to ``amp_dtype`` when given, as the engine's ``train.amp``), backward and
+    the optimiser step."""
+    with torch.autocast(images.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        loss, _ = method(images, labels)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
 
-def cuda_peak(cfg, num_classes: int) -> int:
-    """Peak allocated CUDA bytes of one real training step."""
+def real_step(cfg, num_classes: int, device: torch.device, amp_dtype: torch.dtype | None = None,
+              warmup: int = 0, steps: int = 1) -> tuple[float, int | None]:
+    """(seconds per step, peak allocated CUDA bytes or ``None`` off CUDA) of real training steps: the
+    median of ``steps`` timed steps after ``warmup`` untimed ones; the peak is taken over the timed steps."""
     from pygml.app.optim import build_optimizer
 
-    device = torch.device("cuda")
+    cuda = device.type == "cuda"
     method = _method(cfg, num_classes).to(device)
     optimizer = build_optimizer(cfg.optim, method.param_groups())
     images, labels = _batch(cfg, device)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    _step(method, optimizer, images, labels)
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated()
+    for _ in range(warmup):
+        _step(method, optimizer, images, labels, amp_dtype)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    seconds = timeit(lambda: _step(method, optimizer, images, labels, amp_dtype), repeat=steps, warmup=0)
+    peak = torch.cuda.max_memory_allocated() if cuda else None
     del method, optimizer, images
-    torch.cuda.empty_cache()
-    return peak
+    if cuda:
+        torch.cuda.empty_cache()
+    return seconds, peak
+
+
+def cuda_peak(cfg, num_classes: int) -> int:
+    """Peak allocated CUDA bytes of one real training step."""
+    return real_step(cfg, num_classes, torch.device("cuda"))[1]
 
 
 def _tracked_peak(fn, module, *tracked) -> int:
@@ -166,6 +191,38 @@ def head_peak(cfg, num_classes: int) -> int:
 def estimated_peak(cfg, num_classes: int) -> int:
     bb, _ = backbone_peak(cfg)
     return bb + head_peak(cfg, num_classes)
+
+
+def step_rows(quick: bool = False, device: str = "cuda", settings: list = STEP_SETTINGS,
+              precisions: tuple[str, ...] = tuple(PRECISIONS), extra: tuple[str, ...] = ()) -> list[dict]:
+    """Throughput (images/s, reference: the baseline method) and, on CUDA, peak allocated memory of a
+    real training step of each setting in each precision (``quick``: tiny batches and images;
+    ``extra``: overrides added to every setting, e.g. a small backbone for a smoke run of this code)."""
+    dev = torch.device(device)
+    warmup, steps = (0, 1) if quick else (1, 3)
+    rows = []
+    for label, method, dataset, overrides in settings:
+        if extra:
+            overrides = [*overrides, *extra]
+            label = f"{label} [{' '.join(extra)}]"
+        cfg = _config(method, dataset, overrides, quick)
+        base = copy.deepcopy(cfg)
+        base.method = "baseline"
+        batch = cfg.train.classes_per_batch * cfg.train.samples_per_class
+        name = label if not quick else f"{label} (quick: {QUICK_SHAPE[0]}x{QUICK_SHAPE[1]} at {QUICK_SHAPE[2]}²)"
+        for precision in precisions:
+            amp = PRECISIONS[precision]
+            t, peak = real_step(cfg, TRAIN_CLASSES[dataset], dev, amp, warmup, steps)
+            t_ref, peak_ref = real_step(base, TRAIN_CLASSES[dataset], dev, amp, warmup, steps)
+            where = f"{precision}, {dev.type}"
+            rows.append(row(f"{name}, {where}: images/s", batch / t, batch / t_ref, None, unit="img/s",
+                            reference_name="baseline, same backbone and batch"))
+            if peak is not None:
+                rows.append(row(f"{name}, {where}: peak memory", float(peak), float(peak_ref), None, unit="B",
+                                reference_name="baseline; torch.cuda.max_memory_allocated"))
+            print(f"{name}, {where}: {batch / t:.1f} images/s (baseline {batch / t_ref:.1f})", file=sys.stderr,
+                  flush=True)
+    return rows
 
 
 def run(quick: bool = False, settings: list = SETTINGS) -> list[dict]:

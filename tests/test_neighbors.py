@@ -134,7 +134,7 @@ def test_dtype_default_blocks_and_no_gradient(monkeypatch):
     assert empty_values.shape == empty_indices.shape == (0, 3)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_cuda_gives_the_cpu_answer_on_ties(metric):
     query = tied_rows(np.random.default_rng(4), 500)
