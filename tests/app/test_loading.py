@@ -65,11 +65,14 @@ def test_an_image_spoiled_mid_run_is_named_with_the_step(tmp_path, images, monke
 def test_skip_corrupt_drops_and_counts_images_spoiled_mid_run(tmp_path, images, tiny_config, monkeypatch, caplog,
                                                               workers):
     spoiled = _spoil_after_first_step(monkeypatch)
-    cfg = tiny_config(*FOLDER, f"data.root={images}", "data.skip_corrupt=true", f"data.num_workers={workers}")
+    # two epochs: a loader worker may have read all of epoch 1 before the first step ends, but epoch 2's
+    # workers start after the images were spoiled
+    cfg = tiny_config(*FOLDER, f"data.root={images}", "data.skip_corrupt=true", f"data.num_workers={workers}",
+                      "train.epochs=2")
     result = train(cfg)
-    assert result["finished"] and result["global_step"] == 4
-    skipped = int(pd.read_csv(tmp_path / "log.csv")["skipped_images"].iloc[0])
-    warned = [r.getMessage() for r in caplog.records if "skipped an unreadable image at epoch 1, step" in r.getMessage()]
+    assert result["finished"] and result["global_step"] == 8
+    skipped = int(pd.read_csv(tmp_path / "log.csv")["skipped_images"].iloc[-1])
+    warned = [r.getMessage() for r in caplog.records if "skipped an unreadable image at epoch " in r.getMessage()]
     assert skipped == len(warned) > 0
     assert all(any(path in message for path in spoiled) for message in warned)
 
