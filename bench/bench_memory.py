@@ -5,7 +5,7 @@ depend on them):
 
 * Intra-Batch, CUB (P×K = 6×9 = 54) and SOP (15×6 = 90): ResNet-50 at 227², MPN on the full graph;
 * ProxyGML, CUB: BN-Inception at 224², 32 images, 100 × 12 proxies (after the warm-up epoch);
-* BGFormer, CUB: ResNet-50 at 227², 45×9 = 405 images, kNN graph K = 30; and the same with
+* BGFormer, CUB: ResNet-50 at 224², 45×9 = 405 images, two blocks of top-K attention (K = 30); and the same with
   ``model.grad_checkpointing=true``.
 
 A step is forward, backward and the optimiser step of the config's optimiser. The reference of each row
@@ -50,8 +50,8 @@ SETTINGS = [
     ("Intra-Batch CUB 6x9 ResNet-50 227", "intra_batch", "cub", []),
     ("Intra-Batch SOP 15x6 ResNet-50 227", "intra_batch", "sop", []),
     ("ProxyGML CUB 32 BN-Inception 224", "proxygml", "cub", []),
-    ("BGFormer CUB 45x9 ResNet-50 227", "bgformer", "cub", []),
-    ("BGFormer CUB 45x9 ResNet-50 227, grad checkpointing", "bgformer", "cub", ["model.grad_checkpointing=true"]),
+    ("BGFormer CUB 45x9 ResNet-50 224", "bgformer", "cub", []),
+    ("BGFormer CUB 45x9 ResNet-50 224, grad checkpointing", "bgformer", "cub", ["model.grad_checkpointing=true"]),
 ]
 #: the throughput settings: each method at its paper's batch, and BGFormer with the paper's ViT-S/16 at 224²
 STEP_SETTINGS = SETTINGS[:4] + [
