@@ -10,7 +10,9 @@ augmentation from seeds a resumed run cannot replay mid-epoch).
 
 The reported result is always the **last** epoch on the test split. Test metrics logged along the way
 are for the curves only: nothing here selects a model on the test set. A validation split, carved from
-the training classes (``data.val_fraction``), is evaluated beside it.
+the training classes (``data.val_fraction``), is evaluated beside it. ``train(cfg, test=False)`` (a
+tuning trial, :mod:`pygml.app.tune`) drops the test split as soon as the dataset is built: it is never
+read, embedded or scored, and the result holds the validation metrics only.
 """
 
 from __future__ import annotations
@@ -108,8 +110,9 @@ class Run:
         return self.cfg.train.progress and self.main
 
 
-def setup(cfg: Any) -> Run:
-    """Seed, build the data, the method, the optimiser, the scheduler and the sampler of a run."""
+def setup(cfg: Any, *, test: bool = True) -> Run:
+    """Seed, build the data, the method, the optimiser, the scheduler and the sampler of a run
+    (``test=False``: without the test split, which is dropped unread)."""
     dist_info, device = distributed.init_on(select_device(cfg.train.device))
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -118,6 +121,11 @@ def setup(cfg: Any) -> Run:
     if cfg.model.pretrained:  # before the data, which may take long to read
         check_weights_file(cfg.model.pretrained, f"model.backbone={cfg.model.backbone}")
     splits = build_datasets(cfg)
+    if not test:
+        if splits.val is None:
+            raise ConfigError("a run without its test split is scored on the validation split: set data.val_fraction "
+                              "(e.g. 0.2) or use a dataset with a validation split")
+        splits = DatasetSplits(train=splits.train, query=None, val=splits.val)
     check_recall_at(cfg, splits)
     if dist_info.is_main:
         log.info("%s", describe_data(data_record(cfg, splits)))
@@ -254,6 +262,8 @@ def evaluate_epoch(run: Run, epoch: int) -> dict[str, dict[str, float]]:
     if not (last or (epoch + 1) % cfg.train.eval_every == 0):
         return {}
     which = ("val", "test") if (last or cfg.train.eval_test_every_epoch) else ("val",)
+    if run.splits.query is None:  # a run without its test split
+        which = ("val",)
     metrics = evaluate_run(run.method, run.splits, cfg, run.device, progress=run.progress, which=which,
                            evaluator=run.evaluator)
     if run.progress and "test" in metrics:
@@ -308,15 +318,16 @@ def default_out_dir(cfg: Any, when: Optional[float] = None) -> str:
     return str(Path("runs") / f"{cfg.method}-{cfg.data.name}-{stamp}")
 
 
-def train(cfg: Any, *, resume: bool = False) -> dict[str, Any]:
+def train(cfg: Any, *, resume: bool = False, test: bool = True) -> dict[str, Any]:
     """Train ``cfg.method`` on ``cfg.data``; return the last epoch's metrics and where the run lives.
+    ``test=False``: the test split is dropped unread (:func:`setup`); only the validation split is scored.
 
     Writes to ``cfg.train.out_dir``: ``config.yaml`` (fully resolved), ``env.json``, ``log.csv`` (one row
     per epoch: losses, learning rates, metrics, time), ``checkpoint.pt`` and ``metrics.json``.
     """
     if cfg.train.out_dir is None:
         cfg.train.out_dir = default_out_dir(cfg)
-    run = setup(cfg)
+    run = setup(cfg, test=test)
     state = restore(run) if resume else RunState()
     if run.main:
         run.out.mkdir(parents=True, exist_ok=True)
