@@ -13,7 +13,8 @@ The space file beside a method's config (``configs/<method>/<dataset>.tune.yaml`
     intra_batch.layers:  {type: int, low: 1, high: 3}
     miner.name:          {type: categorical, choices: [null, "pml:MultiSimilarityMiner"]}
 
-The study lives in ``<out>/study.db`` (Optuna's SQLite storage): running the same command again
+Trial 0 runs the config's own values (those that lie in the space; the others are drawn), so a search never
+ends below the config it started from on the validation split. The study lives in ``<out>/study.db`` (Optuna's SQLite storage): running the same command again
 continues it up to the number of trials asked for. Written to ``<out>``: ``trials/<n>/`` (each trial's
 run), ``trials.csv`` (one row per trial: number, state, value, parameters, time) and ``best.yaml`` (the
 full config with the best trial's values; ``train.out_dir`` unset, the validation split kept).
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import pandas as pd
 import yaml
+from omegaconf import OmegaConf
 
 from pygml.app.config import SPACE_SUFFIX, ConfigError, apply_overrides, config_to_yaml, load_config
 PARAM_TYPES = ("float", "int", "categorical")
@@ -55,6 +56,13 @@ class Param:
         if self.type == "int":
             return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
         return trial.suggest_categorical(self.key, list(self.choices))
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one of the space's values."""
+        if self.type == "categorical":
+            return value in self.choices
+        numbers = (int,) if self.type == "int" else (int, float)
+        return isinstance(value, numbers) and not isinstance(value, bool) and self.low <= value <= self.high
 
     def ends(self) -> tuple[Any, ...]:
         """Every choice, or both ends of the range: what is checked against the config before any trial."""
@@ -173,6 +181,10 @@ def tune(cfg: Any, space: Sequence[Param], out: str | Path, *, trials: int, metr
                                 direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=sampler_seed))
     ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    if not study.trials:  # trial 0: the config's own values, where they lie in the space
+        start = {p.key: v for p in space if p.contains(v := OmegaConf.select(OmegaConf.structured(cfg), p.key))}
+        if start:
+            study.enqueue_trial(start)
     done = len(study.get_trials(deepcopy=False, states=ended))
     todo = max(trials - done, 0)
     if done:

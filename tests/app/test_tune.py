@@ -53,7 +53,7 @@ def space_file(tmp_path: Path, space: dict, name: str = "space.yaml") -> Path:
     return path
 
 
-SPACE = {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+SPACE = {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},  # the config's 1e-3 inside
          "baseline.temperature": {"type": "categorical", "choices": [0.05, 0.1]}}
 
 
@@ -78,6 +78,8 @@ def test_two_trials_write_their_table_and_the_best_config_without_the_test_split
     assert best.optim.lr == pytest.approx(result["best_params"]["optim.lr"])
     assert best.baseline.temperature == result["best_params"]["baseline.temperature"]
     assert best.data.val_fraction == 0.4 and best.train.out_dir is None and best.train.epochs == 1
+    assert table["optim.lr"][0] == pytest.approx(cfg.optim.lr), "trial 0 runs the config's own values"
+    assert table["baseline.temperature"][0] == cfg.baseline.temperature
 
 
 def test_running_again_continues_the_study(guarded, tmp_path):
