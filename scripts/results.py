@@ -21,6 +21,7 @@ runs again (a study continues, a finished run is kept).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -317,10 +318,11 @@ def write_report(frame: pd.DataFrame, path: str | Path, *, cells: Sequence[Cell]
         if (Path(out_root) / c.slug / "tune" / "trials.csv").exists():
             tuned[(c.loss, c.graph)] = tuning(c, out_root)
     table = summary(frame, tuned)
-    plot = graph_plot(frame, path.parent / "img" / "graph_glyphs.png")
+    plot = graph_plot(frame, path.parent / "img" / f"graph_{Path(cells[0].config).stem if cells else 'glyphs'}.png")
     budget = " ".join(extra)
     wall = f"{wall_s / 60:.0f} minutes" if wall_s is not None else "not measured"
-    parts = ["# Does the batch graph help? Results on glyphs", "",
+    dataset = Path(cells[0].config).stem if cells else "glyphs"
+    parts = [f"# Does the batch graph help? Results on {dataset}", "",
              f"Commit `{commit or 'unknown'}`. Regenerate with `make results` (wall-clock time of the run that wrote "
              f"this page: {wall}, on 2 shared CPU cores).", "",
              f"Each cell: `pygml-tune` with {trials} trials on a validation split of {VAL_FRACTION:.0%} of the training "
@@ -361,18 +363,23 @@ def _commit() -> Optional[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python scripts/results.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="glyphs",
+                        help="each cell starts from configs/<method>/<dataset>.yaml (default glyphs; the benchmarks: "
+                             "cub, cars, sop, inshop with data.root and model.pretrained among the overrides)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=3, help="tuning trials per cell (the same for every cell)")
     parser.add_argument("--losses", nargs="+", help="base losses to run (default: all)")
     parser.add_argument("--graphs", nargs="+", help="graphs to run (default: all)")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (each gets cores/jobs threads)")
-    parser.add_argument("--out", default="runs/results/glyphs", help="where the studies and runs are written")
+    parser.add_argument("--out", help="where the studies and runs are written (default runs/results/<dataset>)")
     parser.add_argument("--report", default="docs/results.md")
     parser.add_argument("--notes", help="a markdown file of findings to include in the report")
     parser.add_argument("--collect", action="store_true", help="no training: report the runs finished under --out")
     parser.add_argument("extra", nargs="*", metavar="key.sub=value", help="overrides of every run (the budget)")
     args = parser.parse_args(argv)
-    cells = [c for c in CELLS if (not args.losses or c.loss in args.losses) and (not args.graphs or c.graph in args.graphs)]
+    args.out = args.out or f"runs/results/{args.dataset}"
+    cells = [dataclasses.replace(c, config=str(Path(c.config).with_name(f"{args.dataset}.yaml"))) for c in CELLS
+             if (not args.losses or c.loss in args.losses) and (not args.graphs or c.graph in args.graphs)]
     if not cells:
         parser.error(f"no cell matches; losses: {sorted({c.loss for c in CELLS})}, graphs: {[g.name for g in GRAPHS]}")
     started = time.perf_counter()
