@@ -212,7 +212,7 @@ def tuning(cell: Cell, out_root: str | Path) -> dict[str, Any]:
     table = pd.read_csv(Path(out_root) / cell.slug / "tune" / "trials.csv")
     done = table[table.state == "COMPLETE"]
     best = done.loc[done.mean_average_precision_at_r.idxmax()]
-    return {"trials": len(table), "val_map_r": float(best.mean_average_precision_at_r),
+    return {"trials": len(done), "val_map_r": float(best.mean_average_precision_at_r),
             "params": {k: (round(float(best[k]), 4) if isinstance(best[k], float) else best[k]) for k in cell.space},
             "time_s": float(table.time_s.sum())}
 
