@@ -14,7 +14,8 @@ The space file beside a method's config (``configs/<method>/<dataset>.tune.yaml`
     miner.name:          {type: categorical, choices: [null, "pml:MultiSimilarityMiner"]}
 
 Trial 0 runs the config's own values (those that lie in the space; the others are drawn), so a search never
-ends below the config it started from on the validation split. The study lives in ``<out>/study.db`` (Optuna's SQLite storage): running the same command again
+ends below the config it started from on the validation split; a resumed study runs them again when their
+trial was cut short or failed. The study lives in ``<out>/study.db`` (Optuna's SQLite storage): running the same command again
 continues it up to the number of trials asked for. Written to ``<out>``: ``trials/<n>/`` (each trial's
 run), ``trials.csv`` (one row per trial: number, state, value, parameters, time) and ``best.yaml`` (the
 full config with the best trial's values; ``train.out_dir`` unset, the validation split kept).
@@ -181,12 +182,14 @@ def tune(cfg: Any, space: Sequence[Param], out: str | Path, *, trials: int, metr
                                 direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=sampler_seed))
     ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    if not study.trials:  # trial 0: the config's own values, where they lie in the space
-        start = {p.key: v for p in space if p.contains(v := OmegaConf.select(OmegaConf.structured(cfg), p.key))}
-        if start:
-            study.enqueue_trial(start)
     done = len(study.get_trials(deepcopy=False, states=ended))
     todo = max(trials - done, 0)
+    # the config's own values (those in the space) run first, and run again on resuming when their trial was
+    # cut short or failed
+    start = {p.key: v for p in space if p.contains(v := OmegaConf.select(OmegaConf.structured(cfg), p.key))}
+    kept = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)
+    if todo and start and not any(t.params == start and t.state in kept for t in study.get_trials(deepcopy=False)):
+        study.enqueue_trial(start)
     if done:
         log.info("%s: %d of %d trials already ended; running %d more", out / "study.db", done, trials, todo)
 

@@ -132,3 +132,23 @@ def test_every_shipped_space_fits_its_config(space):
     config = space.with_name(space.name.removesuffix(SPACE_SUFFIX) + ".yaml")
     assert default_space(config) == space
     assert load_space([space], load_config(config, ["data.val_fraction=0.2"]))
+
+
+def test_a_resumed_study_runs_the_config_s_values_when_their_trial_was_cut_short(guarded, tmp_path, monkeypatch):
+    import pygml.app.engine as engine
+
+    cfg = guarded()
+    space = load_space([space_file(tmp_path, SPACE)], cfg)
+    real_train = engine.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune(cfg, space, tmp_path / "study", trials=3, progress=False)
+    monkeypatch.setattr(engine, "train", real_train)
+    tune(cfg, space, tmp_path / "study", trials=3, progress=False)
+    table = pd.read_csv(tmp_path / "study" / "trials.csv")
+    assert list(table.state) == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert table["optim.lr"][1] == pytest.approx(cfg.optim.lr) and table["optim.lr"][2] != pytest.approx(cfg.optim.lr)
