@@ -1,141 +1,264 @@
-"""The results table: every method and its graph-off ablation, several seeds, on the offline datasets.
+"""The results grid: does the batch graph help the loss a user already has?
 
-    python scripts/results.py                      # glyphs + Fashion-MNIST, 3 seeds: writes docs/results.md
-    python scripts/results.py --datasets glyphs --seeds 0 --jobs 2
+    python scripts/results.py --trials 3 --seeds 0 1 2 --jobs 2 train.epochs=8 train.max_steps_per_epoch=30
+    python scripts/results.py --collect            # no training: the report of the runs already finished
 
-Each run is ``train.py`` with a shipped config plus overrides, so every number in the table can be
-reproduced with the command printed beside it. Reported: the **last** epoch on the test classes,
-mean ± std over seeds; nothing is selected on the test set.
+For every base loss (normalized softmax, pytorch-metric-learning's MultiSimilarity with its miner and
+ProxyAnchor, and each paper's own loss) and every graph (off, + Intra-Batch's MPN, + BGFormer's blocks),
+one **cell**:
+
+1. ``pygml-tune`` searches the cell's space (the optimiser's lr, the loss's main parameter, the graph's
+   weight) with the same number of trials for every cell, each trial scored by MAP@R on a validation split
+   carved from the training classes (``data.val_fraction``); the test classes are never read;
+2. the best config is trained again on all training classes with each seed and evaluated once, after the
+   last epoch, on the test classes.
+
+Every run is ``tune.py`` / ``train.py`` with a shipped config and overrides, so each number can be
+reproduced with the command printed in the report; the study and runs of a cell are reused when the script
+runs again (a study continues, a finished run is kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
+import numpy as np
 import pandas as pd
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a clone without installing pygml
     sys.path.insert(0, str(ROOT))
 
+LR = {"optim.lr": {"type": "float", "low": 3.0e-4, "high": 3.0e-3, "log": True}}
+
 
 @dataclass(frozen=True)
-class Run:
+class Part:
+    """A base loss or a graph: its overrides and what of it is tuned."""
+
     name: str
-    config: str
     overrides: tuple[str, ...] = ()
-    #: the graph method this run is the ablation of (None for a method itself)
-    ablation_of: Optional[str] = None
+    space: dict[str, Any] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
 
 
-RUNS: tuple[Run, ...] = (
-    Run("baseline (normalized softmax)", "configs/baseline/glyphs.yaml"),
-    Run("Intra-Batch", "configs/intra_batch/glyphs.yaml"),
-    Run("Intra-Batch, MPN off", "configs/intra_batch/glyphs.yaml", ("intra_batch.mpn=false",), "Intra-Batch"),
-    Run("ProxyGML", "configs/proxygml/glyphs.yaml"),
-    Run("ProxyGML, none (no S_pos, no mask, no L_p)", "configs/proxygml/glyphs.yaml",
-        ("proxygml.use_spos=false", "proxygml.use_mask=false", "proxygml.use_reg=false"), "ProxyGML"),
-    Run("proxy softmax (no subgraph)", "configs/proxygml/glyphs.yaml", ("proxygml.subgraph=false",), "ProxyGML"),
-    Run("BGFormer", "configs/bgformer/glyphs.yaml"),
-    Run("BGFormer, α = 1 (blocks off)", "configs/bgformer/glyphs.yaml", ("bgformer.alpha=1.0",), "BGFormer"),
+#: base losses put under any graph; the values set here are the losses' published defaults (trial 0)
+LOSSES = (
+    Part("normalized softmax", ("loss.name=normalized_softmax", "loss.options.temperature=0.05"),
+         {"loss.options.temperature": {"type": "float", "low": 0.02, "high": 0.2, "log": True}}),
+    Part("MultiSimilarity + miner", ("loss.name=pml:MultiSimilarityLoss", "loss.options.alpha=2", "loss.options.beta=50",
+                                     "loss.options.base=0.5", "miner.name=pml:MultiSimilarityMiner",
+                                     "miner.options.epsilon=0.1"),
+         {"loss.options.base": {"type": "float", "low": 0.3, "high": 0.8}}),
+    Part("ProxyAnchor", ("loss.name=pml:ProxyAnchorLoss", "loss.options.margin=0.1", "loss.options.alpha=32",
+                         "loss.lr=0.01"),
+         {"loss.options.margin": {"type": "float", "low": 0.0, "high": 0.3}}),
 )
 
-#: overrides that move a glyphs config onto another offline dataset
-DATASETS: dict[str, tuple[str, ...]] = {
-    "glyphs": (),
-    # 5 training classes: P×K = 5×12 keeps the batch size (60) near glyphs' 64
-    "fashion_mnist": ("data.name=fashion_mnist", "data.image_size=28", "train.classes_per_batch=5",
-                      "train.samples_per_class=12"),
-}
+#: graphs put on top of any base loss, all on the baseline's glyphs config (same optimiser, same head); the
+#: graph modules' values are those of their own glyphs configs
+GRAPHS = (
+    Part("off", ("method=baseline",)),
+    Part("+ Intra-Batch MPN", ("method=intra_batch", "intra_batch.layers=1", "intra_batch.heads=2",
+                               "intra_batch.dropout=0.1")),
+    Part("+ BGFormer blocks", ("method=bgformer", "bgformer.depth=1", "bgformer.heads=4", "bgformer.k=10",
+                               "bgformer.mix=0.5", "bgformer.alpha=0.5", "bgformer.variant=v1",
+                               "bgformer.graph=attention_topk", "bgformer.block_lr=1.0e-3"),
+         {"bgformer.alpha": {"type": "float", "low": 0.1, "high": 0.9}}),
+)
 
+
+@dataclass(frozen=True)
+class Cell:
+    loss: str
+    graph: str
+    config: str
+    overrides: tuple[str, ...]
+    space: dict[str, Any]
+
+    @property
+    def slug(self) -> str:
+        return _slug(f"{self.loss} {self.graph}")
+
+
+def _cells() -> list[Cell]:
+    common = ("model.head_init=kaiming",)
+    cells = [Cell(loss.name, graph.name, "configs/baseline/glyphs.yaml", (*graph.overrides, *common, *loss.overrides),
+                  {**LR, **loss.space, **graph.space}) for loss in LOSSES for graph in GRAPHS]
+    ib_t = {"intra_batch.temperature": {"type": "float", "low": 0.05, "high": 0.5, "log": True}}
+    bg_t = {"bgformer.temperature": {"type": "float", "low": 0.05, "high": 0.5, "log": True}}
+    paper_ib, paper_bg = "paper: Intra-Batch's CE", "paper: BGFormer's contrastive CE"
+    cells += [
+        Cell(paper_ib, "off", "configs/intra_batch/glyphs.yaml", ("intra_batch.mpn=false",), {**LR, **ib_t}),
+        Cell(paper_ib, "+ Intra-Batch MPN", "configs/intra_batch/glyphs.yaml", (), {**LR, **ib_t}),
+        Cell(paper_bg, "off", "configs/bgformer/glyphs.yaml", ("bgformer.alpha=1.0",), {**LR, **bg_t}),
+        Cell(paper_bg, "+ BGFormer blocks", "configs/bgformer/glyphs.yaml", (),
+             {**LR, **bg_t, **GRAPHS[2].space}),
+    ]
+    return cells
+
+
+CELLS: tuple[Cell, ...] = tuple(_cells())
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "mean_average_precision_at_r", "r_precision", "NMI")
 HEADERS = ("R@1", "R@2", "R@4", "R@8", "MAP@R", "RP", "NMI")
-
-
-@dataclass
-class Job:
-    run: Run
-    dataset: str
-    seed: int
-    out_dir: str
-    extra: tuple[str, ...] = ()
-
-    @property
-    def overrides(self) -> list[str]:
-        return [*self.run.overrides, *DATASETS[self.dataset], *self.extra, f"train.seed={self.seed}",
-                f"train.out_dir={self.out_dir}", "train.progress=false"]
-
-    @property
-    def command(self) -> str:
-        return f"python train.py --config {self.run.config} " + " ".join(self.overrides[:-1])
-
-
-def _execute(job: Job, threads: int) -> dict:
-    """Train one run in a fresh process (so runs never share RNG or thread state); return its metrics."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / job.run.config),
-                           *job.overrides],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"run failed: {job.command}\n{proc.stderr[-3000:]}")
-    return _row(job)
-
-
-def _row(job: Job) -> dict:
-    result = json.loads((Path(job.out_dir) / "metrics.json").read_text())
-    return {"run": job.run.name, "dataset": job.dataset, "seed": job.seed, "out_dir": job.out_dir,
-            "train_time_s": result["train_time_s"], **result["test"]}
-
-
-def _jobs(runs: Sequence[Run], datasets: Sequence[str], seeds: Sequence[int], out_root: str | Path,
-          extra: Sequence[str] = ()) -> list[Job]:
-    return [Job(r, d, s, str(Path(out_root) / d / _slug(r.name) / f"seed{s}"), tuple(extra))
-            for d in datasets for r in runs for s in seeds]
-
-
-def collect(runs: Sequence[Run], datasets: Sequence[str], seeds: Sequence[int], out_root: str | Path) -> pd.DataFrame:
-    """The rows of the runs already finished under ``out_root`` (those with a ``metrics.json``)."""
-    done = [j for j in _jobs(runs, datasets, seeds, out_root) if (Path(j.out_dir) / "metrics.json").exists()]
-    return pd.DataFrame([_row(j) for j in done])
-
-
-def run_all(runs: Sequence[Run], datasets: Sequence[str], seeds: Sequence[int], out_root: str | Path, *,
-            jobs: int = 1, extra: Sequence[str] = ()) -> pd.DataFrame:
-    """Train every (run, dataset, seed); one row of test metrics per run."""
-    todo = _jobs(runs, datasets, seeds, out_root, extra)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    rows = []
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_execute, j, threads) for j in todo]
-        for i, fut in enumerate(futures, 1):
-            row = fut.result()
-            print(f"[{i}/{len(todo)}] {row['dataset']:14s} {row['run']:45s} seed {row['seed']}: "
-                  f"R@1 {100 * row['recall@1']:.2f}  MAP@R {100 * row['mean_average_precision_at_r']:.2f}  "
-                  f"({row['train_time_s']:.0f} s)", flush=True)
-            rows.append(row)
-    return pd.DataFrame(rows)
+#: the share of the training classes tuning scores on (carved with the tuning seed)
+VAL_FRACTION = 0.2
+TUNE_SEED = 0
 
 
 def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_").replace("__", "_")
+    out = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+    while "__" in out:
+        out = out.replace("__", "_")
+    return out
 
 
-def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds per (dataset, run), metrics in %."""
+def _env(threads: int) -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+
+def tune_args(cell: Cell, out: Path, trials: int, extra: Sequence[str], val_fraction: float = VAL_FRACTION) -> list[str]:
+    return ["tune.py", "--config", cell.config, "--space", str(out / "space.yaml"), "--trials", str(trials),
+            "--out", str(out / "tune"), "--no-progress", *cell.overrides, *extra,
+            f"data.val_fraction={val_fraction}", f"train.seed={TUNE_SEED}"]
+
+
+def seed_args(out: Path, seed: int) -> list[str]:
+    return ["train.py", "--config", str(out / "tune" / "best.yaml"), "data.val_fraction=0", f"train.seed={seed}",
+            f"train.out_dir={out / f'seed{seed}'}", "train.progress=false"]
+
+
+def _call(args: list[str], threads: int, log: Path) -> None:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=_env(threads), cwd=ROOT)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"$ python {' '.join(args)}\n# {time.perf_counter() - started:.0f} s, exit {proc.returncode}\n"
+                   f"{proc.stdout}\n{proc.stderr}")
+    if proc.returncode != 0:
+        raise RuntimeError(f"failed: python {' '.join(args)}\n{proc.stderr[-3000:]}")
+
+
+def _tune(cell: Cell, out: Path, trials: int, extra: tuple[str, ...], threads: int, val_fraction: float) -> Cell:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "space.yaml").write_text(yaml.safe_dump(cell.space, sort_keys=False))
+    _call(tune_args(cell, out, trials, extra, val_fraction), threads, out / "tune.log")
+    return cell
+
+
+def _train(cell: Cell, out: Path, seed: int, threads: int) -> dict:
+    if not (out / f"seed{seed}" / "metrics.json").exists():
+        _call(seed_args(out, seed), threads, out / f"seed{seed}.log")
+    return _row(cell, out, seed)
+
+
+def _row(cell: Cell, out: Path, seed: int) -> dict:
+    result = json.loads((out / f"seed{seed}" / "metrics.json").read_text())
+    return {"loss": cell.loss, "graph": cell.graph, "seed": seed, "out_dir": str(out / f"seed{seed}"),
+            "train_time_s": result["train_time_s"], **result["test"]}
+
+
+def _cell(cell: Cell, out: Path, seeds: Sequence[int], trials: int, extra: tuple[str, ...], threads: int,
+          val_fraction: float) -> list[dict]:
+    _tune(cell, out, trials, extra, threads, val_fraction)
+    return [_train(cell, out, s, threads) for s in seeds]
+
+
+def run_all(cells: Sequence[Cell], seeds: Sequence[int], out_root: str | Path, *, trials: int, jobs: int = 1,
+            extra: Sequence[str] = (), val_fraction: float = VAL_FRACTION) -> pd.DataFrame:
+    """Tune every cell, then train its best config with every seed; one row of test metrics per run. Each
+    worker finishes a cell (its study, then its seeds) before it takes the next, so a run cut short leaves
+    whole cells."""
+    out_root, extra = Path(out_root).resolve(), tuple(extra)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     rows = []
-    for (dataset, run), g in frame.groupby(["dataset", "run"], sort=False):
-        row = {"dataset": dataset, "run": run, "seeds": len(g)}
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [(c, pool.submit(_cell, c, out_root / c.slug, seeds, trials, extra, threads, val_fraction))
+                   for c in cells]
+        for i, (cell, fut) in enumerate(futures, 1):
+            cell_rows = fut.result()
+            best = tuning(cell, out_root)
+            print(f"[{i}/{len(cells)}] {cell.loss:34s} {cell.graph:18s} validation MAP@R {100 * best['val_map_r']:.2f} "
+                  f"{best['params']} ({best['time_s']:.0f} s)", flush=True)
+            for row in cell_rows:
+                print(f"    seed {row['seed']}: R@1 {100 * row['recall@1']:.2f}  "
+                      f"MAP@R {100 * row['mean_average_precision_at_r']:.2f}  ({row['train_time_s']:.0f} s)", flush=True)
+            rows += cell_rows
+    return pd.DataFrame(rows)
+
+
+def collect(cells: Sequence[Cell], seeds: Sequence[int], out_root: str | Path) -> pd.DataFrame:
+    """The rows of the runs already finished under ``out_root``."""
+    out_root = Path(out_root)
+    return pd.DataFrame([_row(c, out_root / c.slug, s) for c in cells for s in seeds
+                         if (out_root / c.slug / f"seed{s}" / "metrics.json").exists()])
+
+
+def tuning(cell: Cell, out_root: str | Path) -> dict[str, Any]:
+    """The cell's study: trials run, best validation MAP@R and its parameters, and the tuning time."""
+    table = pd.read_csv(Path(out_root) / cell.slug / "tune" / "trials.csv")
+    done = table[table.state == "COMPLETE"]
+    best = done.loc[done.mean_average_precision_at_r.idxmax()]
+    return {"trials": len(done), "val_map_r": float(best.mean_average_precision_at_r),
+            "params": {k: (round(float(best[k]), 4) if isinstance(best[k], float) else best[k]) for k in cell.space},
+            "time_s": float(table.time_s.sum())}
+
+
+def paired(frame: pd.DataFrame, key: str) -> dict[tuple[str, str], tuple[float, float, int]]:
+    """Per (loss, graph ≠ off): mean over seeds of (graph − off) in ``key`` (points of %), the two-sided
+    p-value of the paired t-test over the seeds both cells have, and that number of seeds."""
+    from scipy.stats import ttest_rel
+
+    out = {}
+    for loss, g in frame.groupby("loss", sort=False):
+        off = g[g.graph == "off"].set_index("seed")[key]
+        for graph, h in g[g.graph != "off"].groupby("graph", sort=False):
+            on = h.set_index("seed")[key]
+            seeds = sorted(set(on.index) & set(off.index))
+            diff = 100 * (on[seeds].to_numpy(dtype=float) - off[seeds].to_numpy(dtype=float))
+            p = float(ttest_rel(on[seeds], off[seeds]).pvalue) if len(seeds) > 1 and diff.std() > 0 else float("nan")
+            out[(loss, graph)] = (float(diff.mean()) if len(seeds) else float("nan"), p, len(seeds))
+    return out
+
+
+def _cell_order(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    order = [(c.loss, c.graph) for c in CELLS]
+    present = list(dict.fromkeys(zip(frame.loss, frame.graph)))
+    return [k for k in order if k in present] + [k for k in present if k not in order]
+
+
+def summary(frame: pd.DataFrame, tuned: Optional[dict[tuple[str, str], dict]] = None) -> pd.DataFrame:
+    """Mean ± std over seeds per cell, metrics in %, the paired difference against the same loss with the
+    graph off (and its p-value), the best validation MAP@R of the cell's study, the train time."""
+    diffs = {k: paired(frame, k) for k in ("recall@1", "mean_average_precision_at_r")} if "graph" in frame else {}
+    rows = []
+    for loss, graph in _cell_order(frame):
+        g = frame[(frame.loss == loss) & (frame.graph == graph)]
+        row = {"base loss": loss, "graph": graph, "seeds": len(g)}
         for key, head in zip(METRICS, HEADERS):
+            if key not in g:
+                continue
             values = 100 * g[key].to_numpy(dtype=float)
             row[head] = f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
+        for key, head in (("recall@1", "ΔR@1 (p)"), ("mean_average_precision_at_r", "ΔMAP@R (p)")):
+            d = diffs.get(key, {}).get((loss, graph))
+            row[head] = "—" if d is None else f"{d[0]:+.2f} ({d[1]:.2f})"
+        if tuned is not None:
+            t = tuned.get((loss, graph))
+            row["val MAP@R"] = "—" if t is None else f"{100 * t['val_map_r']:.2f}"
         row["train time (s)"] = f"{g['train_time_s'].mean():.0f}"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -148,37 +271,82 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_report(frame: pd.DataFrame, path: str | Path, *, runs: Sequence[Run], extra: Sequence[str] = (),
-                 commit: Optional[str] = None, notes: str = "") -> Path:
-    """``docs/results.md``: the table per dataset, the exact commands, the commit, plots beside it."""
-    from pygml.app.plots import recall_curves, training_curves
+def graph_plot(frame: pd.DataFrame, path: str | Path) -> Path:
+    """R@1 and MAP@R per base loss, one bar per graph (mean ± std over seeds, each seed a dot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     path = Path(path)
-    img = path.parent / "img"
-    table = summary(frame)
-    parts = ["# Results on the offline datasets", "",
-             "Mean ± std over seeds of the **last epoch** on the test classes (zero-shot: no test class is seen in "
-             "training; nothing is selected on the test set). Metrics in %, as defined in `pygml.evaluation`.",
-             f"Commit `{commit or 'unknown'}`. Regenerate with `make results`.", ""]
-    for dataset, t in table.groupby("dataset", sort=False):
-        parts += [f"## {dataset}", "", markdown_table(t.drop(columns=["dataset"])), ""]
-        sub = frame[frame.dataset == dataset]
-        first_seed = sub.seed.min()
-        means = {run: {k: float(g[k].mean()) for k in METRICS if k.startswith("recall@")}
-                 for run, g in sub.groupby("run", sort=False)}
-        curve = recall_curves(means, img / f"recall_{dataset}.png", title=f"Recall@K on {dataset} (mean over seeds)")
-        logs = {r: Path(o) / "log.csv" for r, o in sub[sub.seed == first_seed][["run", "out_dir"]].itertuples(index=False)}
-        curves = training_curves(logs, img / f"training_{dataset}.png")
-        parts += [f"![Recall@K on {dataset}](img/{curve.name})", "",
-                  f"![training curves on {dataset}](img/{curves.name})", ""]
+    losses = list(dict.fromkeys(loss for loss, _ in _cell_order(frame)))
+    graphs = [g.name for g in GRAPHS]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    width = 0.8 / len(graphs)
+    for ax, (key, head) in zip(axes, (("recall@1", "R@1 (%)"), ("mean_average_precision_at_r", "MAP@R (%)"))):
+        for j, graph in enumerate(graphs):
+            for i, loss in enumerate(losses):
+                values = 100 * frame[(frame.loss == loss) & (frame.graph == graph)][key].to_numpy(dtype=float)
+                if not len(values):
+                    continue
+                x = i + (j - (len(graphs) - 1) / 2) * width
+                ax.bar(x, values.mean(), width, yerr=values.std(ddof=1) if len(values) > 1 else 0, capsize=3,
+                       color=f"C{j}", label=graph if i == 0 or graph not in ax.get_legend_handles_labels()[1] else None)
+                ax.plot(np.full(len(values), x), values, "k.", markersize=4)
+        ax.set_xticks(range(len(losses)), [loss.replace(": ", ":\n") for loss in losses], fontsize=8)
+        ax.set_ylabel(head)
+        low = 100 * frame[key].min()
+        ax.set_ylim(max(0.0, low - 5), min(100.0, 100 * frame[key].max() + 2))
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    fig.legend(uniq.values(), uniq.keys(), loc="upper center", ncol=len(uniq), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(frame: pd.DataFrame, path: str | Path, *, cells: Sequence[Cell], seeds: Sequence[int], trials: int,
+                 extra: Sequence[str] = (), out_root: str | Path = "runs/results", commit: Optional[str] = None,
+                 wall_s: Optional[float] = None, notes: str = "") -> Path:
+    """``docs/results.md``: the grid's table, the plot beside it, the tuned values and the exact commands."""
+    path = Path(path)
+    tuned = {}
+    for c in cells:
+        if (Path(out_root) / c.slug / "tune" / "trials.csv").exists():
+            tuned[(c.loss, c.graph)] = tuning(c, out_root)
+    table = summary(frame, tuned)
+    plot = graph_plot(frame, path.parent / "img" / f"graph_{Path(cells[0].config).stem if cells else 'glyphs'}.png")
+    budget = " ".join(extra)
+    wall = f"{wall_s / 60:.0f} minutes" if wall_s is not None else "not measured"
+    dataset = Path(cells[0].config).stem if cells else "glyphs"
+    parts = [f"# Does the batch graph help? Results on {dataset}", "",
+             f"Commit `{commit or 'unknown'}`. Regenerate with `make results` (wall-clock time of tuning and training, "
+             f"summed over the invocations that ran them: {wall}, on 2 shared CPU cores).", "",
+             f"Each cell: `pygml-tune` with {trials} trials on a validation split of {VAL_FRACTION:.0%} of the training "
+             f"classes (seed {TUNE_SEED}; trial 0 is the cell's starting values), then the best config trained on all "
+             f"training classes with seeds {', '.join(map(str, seeds))} and evaluated once, after the last epoch, on the "
+             f"test classes. Budget of every run: `{budget}`. Mean ± std over seeds, metrics in %.", "",
+             "ΔR@1 and ΔMAP@R: mean over seeds of (this cell − the same loss with the graph off, same seed), in points, "
+             "with the two-sided p-value of a paired t-test over the seeds (2 degrees of freedom with 3 seeds: see "
+             "below for how little that can show). val MAP@R: the best trial's validation score.", "",
+             markdown_table(table), "", f"![R@1 and MAP@R per base loss and graph](img/{plot.name})", "",
+             "Tuned values (best trial of each cell):", "",
+             markdown_table(pd.DataFrame([{"base loss": l, "graph": g, "trials": t["trials"],
+                                           "tuning time (s)": f"{t['time_s']:.0f}",
+                                           "best values": ", ".join(f"{k}={v}" for k, v in t["params"].items())}
+                                          for (l, g), t in tuned.items()])), ""]
     if notes:
-        parts += ["## Findings", "", notes.strip(), ""]
-    parts += ["## Commands", "", "Each row is, for every seed `S` (`train.out_dir` omitted):", ""]
-    for r in runs:
-        extra_s = " ".join(extra)
-        parts.append(f"- {r.name}: `python train.py --config {r.config} {' '.join(r.overrides)} {extra_s} "
-                     f"train.seed=S`".replace("  ", " "))
-    parts += ["", "On Fashion-MNIST the same commands add `" + " ".join(DATASETS["fashion_mnist"]) + "`.", ""]
+        parts += [notes.strip(), ""]
+    parts += ["## Commands", "", "Each cell is (`OUT` = the cell's folder, `S` = a seed):", ""]
+    for c in cells:
+        out = Path("OUT")
+        parts.append(f"- {c.loss}, graph {c.graph}: space `{json.dumps(c.space)}` in `OUT/space.yaml`, then "
+                     f"`python {' '.join(tune_args(c, out, trials, extra))}` and "
+                     f"`python {' '.join(seed_args(out, 0)).replace('seed0', 'seedS').replace('seed=0', 'seed=S')}`")
+    parts.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
     return path
@@ -186,7 +354,7 @@ def write_report(frame: pd.DataFrame, path: str | Path, *, runs: Sequence[Run], 
 
 def _commit() -> Optional[str]:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
                               timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -195,31 +363,46 @@ def _commit() -> Optional[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python scripts/results.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--dataset", default="glyphs",
+                        help="each cell starts from configs/<method>/<dataset>.yaml (default glyphs; the benchmarks: "
+                             "cub, cars, sop, inshop with data.root and model.pretrained among the overrides)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--runs", nargs="+", help="names of runs to do (default: all)")
+    parser.add_argument("--trials", type=int, default=3, help="tuning trials per cell (the same for every cell)")
+    parser.add_argument("--losses", nargs="+", help="base losses to run, in this order (default: all)")
+    parser.add_argument("--graphs", nargs="+", help="graphs to run (default: all)")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (each gets cores/jobs threads)")
-    parser.add_argument("--out", default="runs/results", help="where the runs are written")
+    parser.add_argument("--out", help="where the studies and runs are written (default runs/results/<dataset>)")
     parser.add_argument("--report", default="docs/results.md")
     parser.add_argument("--notes", help="a markdown file of findings to include in the report")
-    parser.add_argument("--collect", action="store_true",
-                        help="no training: report the runs already finished under --out")
-    parser.add_argument("extra", nargs="*", metavar="key.sub=value", help="overrides applied to every run")
+    parser.add_argument("--collect", action="store_true", help="no training: report the runs finished under --out")
+    parser.add_argument("extra", nargs="*", metavar="key.sub=value", help="overrides of every run (the budget)")
     args = parser.parse_args(argv)
-    runs = [r for r in RUNS if not args.runs or r.name in args.runs]
-    if not runs:
-        parser.error(f"no run matches {args.runs}; runs: {[r.name for r in RUNS]}")
+    args.out = args.out or f"runs/results/{args.dataset}"
+    order = {loss: i for i, loss in enumerate(args.losses or [])}
+    cells = sorted((dataclasses.replace(c, config=str(Path(c.config).with_name(f"{args.dataset}.yaml"))) for c in CELLS
+                    if (not args.losses or c.loss in args.losses) and (not args.graphs or c.graph in args.graphs)),
+                   key=lambda c: order.get(c.loss, 0))
+    if not cells:
+        parser.error(f"no cell matches; losses: {sorted({c.loss for c in CELLS})}, graphs: {[g.name for g in GRAPHS]}")
+    started = time.perf_counter()
     if args.collect:
-        frame = collect(runs, args.datasets, args.seeds, args.out)
+        frame = collect(cells, args.seeds, args.out)
         if frame.empty:
             parser.error(f"no finished run under {args.out}")
-        runs = [r for r in runs if r.name in set(frame.run)]
+        timing = Path(args.out) / "wall.json"
+        wall = json.loads(timing.read_text())["wall_s"] if timing.exists() else None
     else:
-        frame = run_all(runs, args.datasets, args.seeds, args.out, jobs=args.jobs, extra=args.extra)
+        frame = run_all(cells, args.seeds, args.out, trials=args.trials, jobs=args.jobs, extra=args.extra)
         frame.to_csv(Path(args.out) / "all_runs.csv", index=False)
-    notes = Path(args.notes).read_text() if args.notes else ""
-    report = write_report(frame, args.report, runs=runs, extra=args.extra, commit=_commit(), notes=notes)
+        timing = Path(args.out) / "wall.json"  # summed over the invocations that trained under --out
+        wall = time.perf_counter() - started + (json.loads(timing.read_text())["wall_s"] if timing.exists() else 0.0)
+        timing.write_text(json.dumps({"wall_s": wall}))
+    notes = Path(args.notes).read_text() if args.notes and Path(args.notes).exists() else ""
+    report = write_report(frame, args.report, cells=cells, seeds=args.seeds, trials=args.trials, extra=args.extra,
+                          out_root=args.out, commit=_commit(), wall_s=wall, notes=notes)
     print(markdown_table(summary(frame)))
+    if wall is not None:
+        print(f"wall-clock: {wall / 60:.1f} minutes")
     print(f"written: {report}")
     return 0
 

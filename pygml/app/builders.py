@@ -182,7 +182,9 @@ def build_sampler(train: Any, labels: Any, rank: int = 0, world_size: int = 1) -
 
 def check_recall_at(cfg: Any, splits: DatasetSplits) -> None:
     """``eval.recall_at`` against the galleries the run will search (checked before training, not after)."""
-    galleries = {"test": len(splits.gallery) if splits.gallery is not None else len(splits.query) - 1}
+    galleries = {}
+    if splits.query is not None:
+        galleries["test"] = len(splits.gallery) if splits.gallery is not None else len(splits.query) - 1
     if splits.val is not None:
         galleries["validation"] = len(splits.val) - 1
     for split, size in galleries.items():

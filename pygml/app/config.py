@@ -457,6 +457,13 @@ def _merge(base: DictConfig, layers: list[DictConfig], overrides: list[str] | tu
 
 #: the configs shipped inside the package (``configs/`` of a clone is the same folder)
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+#: the suffix of a search space (``pygml-tune``) beside a run config: ``baseline/glyphs.tune.yaml``
+SPACE_SUFFIX = ".tune.yaml"
+
+
+def shipped_configs() -> list[Path]:
+    """The run configs shipped in :data:`PACKAGED_CONFIGS` (search spaces left out)."""
+    return sorted(p for p in PACKAGED_CONFIGS.glob("*/*.yaml") if not p.name.endswith(SPACE_SUFFIX))
 
 
 def resolve_config(name: str | Path) -> Path:
@@ -471,7 +478,7 @@ def resolve_config(name: str | Path) -> Path:
                       PACKAGED_CONFIGS / short.relative_to("configs") if short.parts[:1] == ("configs",) else None):
         if candidate is not None and candidate.is_file():
             return candidate
-    shipped = sorted(str(p.relative_to(PACKAGED_CONFIGS).with_suffix("")) for p in PACKAGED_CONFIGS.glob("*/*.yaml"))
+    shipped = [str(p.relative_to(PACKAGED_CONFIGS).with_suffix("")) for p in shipped_configs()]
     raise ConfigError(f"config file not found: {name}; give a path to a YAML file or a shipped config: "
                       f"{', '.join(shipped)}")
 
@@ -513,6 +520,7 @@ def config_to_yaml(cfg: Any) -> str:
 __all__ = [
     "AMP_MODES", "BGFormerConfig", "BaselineConfig", "Config", "ConfigError", "DataConfig", "EvalConfig",
     "IntraBatchConfig", "LossConfig", "MinerConfig", "ModelConfig", "NONFINITE_POLICIES", "OptimConfig",
-    "PACKAGED_CONFIGS", "ProxyGMLConfig", "RESUME_MODES", "TrainConfig", "apply_overrides", "config_class",
-    "config_from_dict", "config_to_dict", "config_to_yaml", "load_config", "resolve_config",
+    "PACKAGED_CONFIGS", "ProxyGMLConfig", "RESUME_MODES", "SAMPLER_NAMES", "SPACE_SUFFIX", "TrainConfig",
+    "apply_overrides", "config_class", "config_from_dict", "config_to_dict", "config_to_yaml", "load_config",
+    "resolve_config", "shipped_configs",
 ]

@@ -17,7 +17,9 @@ failure does is in ``docs/reliability.md``.
 
 The reported result is always the **last** epoch on the test split. Test metrics logged along the way
 are for the curves only: nothing here selects a model on the test set. A validation split, carved from
-the training classes (``data.val_fraction``), is evaluated beside it.
+the training classes (``data.val_fraction``), is evaluated beside it. ``train(cfg, test=False)`` (a
+tuning trial, :mod:`pygml.app.tune`) drops the test split as soon as the dataset is built: it is never
+read, embedded or scored, and the result holds the validation metrics only.
 """
 
 from __future__ import annotations
@@ -129,8 +131,9 @@ class Run:
         return min(steps, limit) if limit > 0 else steps
 
 
-def setup(cfg: Any) -> Run:
-    """Seed, build the data, the method, the optimiser, the scheduler and the sampler of a run."""
+def setup(cfg: Any, *, test: bool = True) -> Run:
+    """Seed, build the data, the method, the optimiser, the scheduler and the sampler of a run
+    (``test=False``: without the test split, which is dropped unread)."""
     dist_info, device = distributed.init_on(select_device(cfg.train.device))
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -139,6 +142,11 @@ def setup(cfg: Any) -> Run:
     if cfg.model.pretrained:  # before the data, which may take long to read
         check_weights_file(cfg.model.pretrained, f"model.backbone={cfg.model.backbone}")
     splits = build_datasets(cfg)
+    if not test:
+        if splits.val is None:
+            raise ConfigError("a run without its test split is scored on the validation split: set data.val_fraction "
+                              "(e.g. 0.2) or use a dataset with a validation split")
+        splits = DatasetSplits(train=splits.train, query=None, val=splits.val)
     check_recall_at(cfg, splits)
     if dist_info.is_main:
         log.info("%s", describe_data(data_record(cfg, splits)))
@@ -378,6 +386,8 @@ def evaluate_epoch(run: Run, epoch: int) -> dict[str, dict[str, float]]:
     if not (last or (epoch + 1) % cfg.train.eval_every == 0):
         return {}
     which = ("val", "test") if (last or cfg.train.eval_test_every_epoch) else ("val",)
+    if run.splits.query is None:  # a run without its test split
+        which = ("val",)
     metrics = evaluate_run(run.method, run.splits, cfg, run.device, progress=run.progress, which=which,
                            evaluator=run.evaluator)
     if run.progress and "test" in metrics:
@@ -431,8 +441,9 @@ def default_out_dir(cfg: Any, when: Optional[float] = None) -> str:
 
 
 def train(cfg: Any, *, resume: bool | str | None = None, overwrite: bool = False,
-          allow_config_change: bool = False) -> dict[str, Any]:
+          allow_config_change: bool = False, test: bool = True) -> dict[str, Any]:
     """Train ``cfg.method`` on ``cfg.data``; return the last epoch's metrics and where the run lives.
+    ``test=False``: the test split is dropped unread (:func:`setup`); only the validation split is scored.
 
     ``resume``: ``"never"`` (``False``) starts afresh and refuses a directory that holds a run unless
     ``overwrite``; ``"auto"`` continues the directory's checkpoint when there is one; ``"must"``
@@ -452,7 +463,7 @@ def train(cfg: Any, *, resume: bool | str | None = None, overwrite: bool = False
         cfg.train.out_dir = distributed.broadcast_object(default_out_dir(cfg))
     with PreemptionSignals() as signals, open_run(cfg, mode, overwrite=overwrite,
                                                    allow_config_change=allow_config_change) as opened:
-        run = setup(cfg)
+        run = setup(cfg, test=test)
         run.signals = signals
         state = restore(run, opened.checkpoint) if opened.resume else RunState()
         start_files(run, opened)

@@ -7,6 +7,7 @@ are the module's, so they train and are checkpointed like any loss's.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any, Optional
 
@@ -33,8 +34,10 @@ def _resolve(kind: str, key: str, name: str) -> type:
     cls = getattr(module, name[len("pml:"):], None)
     if not isinstance(cls, type):
         known = sorted(n for n, v in vars(module).items() if isinstance(v, type) and not n.startswith("Base"))
+        close = difflib.get_close_matches(name[len("pml:"):], known, n=3)
+        hint = f"did you mean {' or '.join(f'pml:{c}' for c in close)}? " if close else ""
         raise ConfigError(f"config key '{key}' is {name!r}: pytorch_metric_learning.{kind} has no such class; "
-                          f"it has {', '.join(known)}")
+                          f"{hint}it has {', '.join(known)}")
     return cls
 
 

@@ -104,10 +104,11 @@ class ClassSubset(RetrievalDataset):
 @dataclass
 class DatasetSplits:
     """What a run needs. ``gallery is None`` means leave-one-out retrieval within ``query`` (the query
-    itself excluded); ``val`` is carved from the training classes (never the test classes)."""
+    itself excluded); ``val`` is carved from the training classes (never the test classes). ``query is
+    None``: a run that leaves the test split out (a tuning trial)."""
 
     train: RetrievalDataset
-    query: RetrievalDataset
+    query: Optional[RetrievalDataset]
     gallery: Optional[RetrievalDataset] = None
     val: Optional[RetrievalDataset] = None
 

@@ -43,6 +43,7 @@ class IntraBatch(MetricLearner):
         k: ``None`` = fully connected batch graph (the paper); an int = visual kNN graph.
         loss: replaces the backbone's classifier loss; the MPN's rows then get ``graph_loss`` or a copy.
         graph_loss: replaces the MPN's classifier loss.
+        loss_lr: learning rate of the losses' parameters (classifiers, proxies; ``None`` = the optimiser's).
         head_init: the embedding layer's init (the official code keeps torch's ``Linear`` default).
 
     >>> from pygml.models import SmallCNN
@@ -53,7 +54,7 @@ class IntraBatch(MetricLearner):
                  label_smoothing: float = 0.1, layers: int = 1, heads: int = 2, dropout: float = 0.1,
                  mpn: bool = True, k: Optional[int] = None, zero_logit: bool = True, concat: bool = False, *,
                  loss: Optional[nn.Module] = None, graph_loss: Optional[nn.Module] = None,
-                 head_init: str = "default") -> None:
+                 head_init: str = "default", loss_lr: Optional[float] = None) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         head = EmbeddingHead(backbone.out_dim, embedding_dim, init=head_init)
@@ -65,7 +66,7 @@ class IntraBatch(MetricLearner):
         if own_losses and graph is not None and graph_loss is None:
             graph_loss = ClassifierCELoss(num_classes, graph.out_channels, temperature, label_smoothing,
                                           neck=True, bias=False, init_std=1e-3)
-        super().__init__(backbone, loss, embedding_dim, graph=graph, graph_loss=graph_loss, head=head)
+        super().__init__(backbone, loss, embedding_dim, graph=graph, graph_loss=graph_loss, head=head, loss_lr=loss_lr)
 
     def refine(self, embeddings: Tensor, k: int, max_edges: int = 2**16) -> Tensor:
         """Test-time refinement of a whole test set's embeddings; see :func:`refine`."""

@@ -117,7 +117,7 @@ def test_build_method_model_and_loss_sections():
     (["loss.name=contrastive_ce", "loss.options.temperature=0"], "loss.options.temperature"),
     (["loss.name=contrastive_ce", "loss.options.margin=1"], "loss.options.margin"),
     (["method=proxygml", "loss.name=contrastive_ce"], "loss.name"),
-    (["method=intra_batch", "intra_batch.heads=2", "loss.lr=0.1"], "loss.lr"),
+    (["method=proxygml", "loss.lr=0.1"], "loss.lr"),
     (["miner.name=pml:MultiSimilarityMiner"], "miner.name"),
 ])
 def test_constructor_errors_name_the_config_key(overrides, key):

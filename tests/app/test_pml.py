@@ -1,5 +1,7 @@
 """pygml.app.pml: pytorch-metric-learning's losses and miners by name behind ``loss(embeddings, labels)``."""
 
+import sys
+
 import pytest
 import torch
 
@@ -68,7 +70,7 @@ def test_errors_name_the_key(overrides, key):
 
 
 def test_a_missing_class_lists_what_pml_has():
-    with pytest.raises(ConfigError, match=r"'pml:NoSuchLoss': pytorch_metric_learning\.losses has no such class; "
+    with pytest.raises(ConfigError, match=r"'pml:NoSuchLoss': pytorch_metric_learning\.losses has no such class; .*"
                                           r"it has .*ContrastiveLoss"):
         pml_loss("pml:NoSuchLoss", 4, 8, {})
 
@@ -77,3 +79,28 @@ def test_a_run_trains_with_a_pml_loss(tiny_config):
     result = train(tiny_config("loss.name=pml:ContrastiveLoss", "miner.name=pml:PairMarginMiner", "train.epochs=1",
                                "train.max_steps_per_epoch=2"))
     assert result["finished"] and result["global_step"] == 2 and 0 <= result["test"]["recall@1"] <= 1
+
+
+def test_a_misspelt_class_names_its_close_matches():
+    with pytest.raises(ConfigError, match=r"'pml:MultiSimilarityLos'.*did you mean pml:MultiSimilarityLoss\?"):
+        pml_loss("pml:MultiSimilarityLos", 4, 8, {})
+
+
+def test_without_the_extra_the_error_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytorch_metric_learning", None)
+    with pytest.raises(ConfigError, match=r"pip install 'pygml\[pml\]'"):
+        pml_loss("pml:ContrastiveLoss", 4, 8, {})
+
+
+@pytest.mark.parametrize("method", ["intra_batch", "bgformer"])
+def test_a_graph_on_a_pml_loss_is_one_config_line(tiny_config, method):
+    overrides = [f"method={method}", "loss.name=pml:MultiSimilarityLoss", "miner.name=pml:MultiSimilarityMiner"]
+    if method == "bgformer":
+        overrides += ["bgformer.heads=2", "bgformer.k=4"]
+    cfg = tiny_config(*overrides)
+    method_ = build_method(cfg, num_classes=5)
+    assert isinstance(method_.loss, PMLLoss) and method_.graph is not None
+    loss, logs = method_(torch.rand(16, 3, 16, 16), torch.arange(16) % 4)
+    loss.backward()
+    assert "loss_graph" in logs and torch.isfinite(loss)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method_.graph.parameters())

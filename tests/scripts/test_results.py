@@ -1,4 +1,5 @@
-"""scripts/results.py: the results table (mean ± std over seeds), its runs, and the report of a small run."""
+"""scripts/results.py: the grid of base losses × graphs, its table (mean ± std, paired differences), and the
+report of a small run (tuning on the validation split, then seeds on the test classes)."""
 
 import pandas as pd
 import pytest
@@ -18,35 +19,63 @@ def _is_png(path):
         assert im.format == "PNG" and min(im.size) > 100
 
 
-def test_summary_is_mean_and_std_over_seeds(results):
-    rows = [{"dataset": "d", "run": "r", "seed": s, "train_time_s": 10.0, "recall@1": v, "recall@2": v,
+def _rows(loss, graph, values):
+    return [{"loss": loss, "graph": graph, "seed": s, "train_time_s": 10.0, "recall@1": v, "recall@2": v,
              "recall@4": v, "recall@8": v, "mean_average_precision_at_r": v, "r_precision": v, "NMI": v}
-            for s, v in enumerate([0.5, 0.6, 0.7])]
-    table = results.summary(pd.DataFrame(rows))
-    assert table.loc[0, "R@1"] == "60.00 ± 10.00"
-    assert "| d | r | 3 | 60.00 ± 10.00" in results.markdown_table(table)
+            for s, v in enumerate(values)]
 
 
-def test_every_run_points_at_a_shipped_config(results, repo_root):
-    for run in results.RUNS:
-        for dataset in results.DATASETS.values():
-            load_config(repo_root / run.config, [*run.overrides, *dataset])
+def test_summary_is_mean_and_std_over_seeds_with_the_paired_difference(results):
+    frame = pd.DataFrame(_rows("l", "off", [0.5, 0.6, 0.7]) + _rows("l", "+ Intra-Batch MPN", [0.52, 0.63, 0.71]))
+    table = results.summary(frame)
+    assert table.loc[0, "R@1"] == "60.00 ± 10.00" and table.loc[0, "ΔR@1 (p)"] == "—"
+    diff, p, n = results.paired(frame, "recall@1")[("l", "+ Intra-Batch MPN")]
+    assert diff == pytest.approx(2.0) and n == 3
+    from scipy.stats import ttest_rel
+
+    assert p == pytest.approx(ttest_rel([0.52, 0.63, 0.71], [0.5, 0.6, 0.7]).pvalue)
+    assert table.loc[1, "ΔR@1 (p)"] == f"+2.00 ({p:.2f})"
+    assert "| l | off | 3 | 60.00 ± 10.00" in results.markdown_table(table)
 
 
-def test_results_writer_on_a_small_run(results, tmp_path, monkeypatch, repo_root):
+def test_every_cell_builds_its_method_with_its_space(results, repo_root, tmp_path):
+    from pygml.app.builders import build_method
+    from pygml.app.tune import load_space
+
+    assert len({(c.loss, c.graph) for c in results.CELLS}) == len(results.CELLS)
+    for cell in results.CELLS:
+        cfg = load_config(repo_root / cell.config, [*cell.overrides, "data.val_fraction=0.2"])
+        method = build_method(cfg, num_classes=10)
+        assert (method.graph is None) == (cell.graph == "off"), cell
+        for key, value in cell.space.items():  # every tuned key exists and trial 0 starts inside its range
+            (param,) = load_space([_space(tmp_path / "space.yaml", {key: value})], cfg)
+
+
+def _space(path, space):
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def test_results_on_a_small_run(results, tmp_path, monkeypatch, repo_root):
     pytest.importorskip("sklearn", reason="the digits dataset comes with scikit-learn")
-    monkeypatch.chdir(repo_root)
-    runs = [results.Run("baseline", "configs/baseline/glyphs.yaml"),
-            results.Run("baseline T=0.1", "configs/baseline/glyphs.yaml", ("baseline.temperature=0.1",), "baseline")]
+    pytest.importorskip("optuna")
+    cells = [c for c in results.CELLS if c.loss == "normalized softmax" and c.graph in ("off", "+ Intra-Batch MPN")]
     extra = ["data.name=digits", "data.image_size=16", "model.width=4", "model.embedding_dim=8",
-             "train.classes_per_batch=4", "train.epochs=2", "train.max_steps_per_epoch=3"]
-    frame = results.run_all(runs, ["glyphs"], [0, 1], tmp_path / "runs", jobs=2, extra=extra)
-    assert len(frame) == 4 and set(frame.run) == {"baseline", "baseline T=0.1"}
-    assert set(frame.seed) == {0, 1} and frame["recall@1"].between(0, 1).all()
-    assert results.collect(runs, ["glyphs"], [0, 1], tmp_path / "runs").shape[0] == 4
-    report = results.write_report(frame, tmp_path / "docs" / "results.md", runs=runs, extra=extra, commit="abc123")
+             "train.classes_per_batch=3", "train.epochs=1", "train.max_steps_per_epoch=3", "eval.recall_at=[1,2]",
+             "eval.nmi=false"]
+    frame = results.run_all(cells, [0, 1], tmp_path / "runs", trials=1, jobs=2, extra=extra, val_fraction=0.4)
+    assert len(frame) == 4 and set(frame.graph) == {"off", "+ Intra-Batch MPN"} and set(frame.seed) == {0, 1}
+    assert frame["recall@1"].between(0, 1).all()
+    for cell in cells:
+        trials = pd.read_csv(tmp_path / "runs" / cell.slug / "tune" / "trials.csv")
+        assert len(trials) == 1 and set(cell.space) <= set(trials.columns)
+    assert results.collect(cells, [0, 1], tmp_path / "runs").shape[0] == 4
+    report = results.write_report(frame, tmp_path / "docs" / "results.md", cells=cells, seeds=[0, 1], trials=1,
+                                  extra=extra, out_root=tmp_path / "runs", commit="abc123", wall_s=60.0)
     text = report.read_text()
-    assert "| baseline | 2 |" in text and "| baseline T=0.1 | 2 |" in text and "abc123" in text
-    assert "python train.py --config configs/baseline/glyphs.yaml baseline.temperature=0.1" in text
-    _is_png(tmp_path / "docs" / "img" / "recall_glyphs.png")
-    _is_png(tmp_path / "docs" / "img" / "training_glyphs.png")
+    assert "| normalized softmax | off | 2 |" in text and "| normalized softmax | + Intra-Batch MPN | 2 |" in text
+    assert "abc123" in text and "1 minutes" in text and "python tune.py --config configs/baseline/glyphs.yaml" in text
+    _is_png(tmp_path / "docs" / "img" / "graph_glyphs.png")
