@@ -341,7 +341,8 @@ def write_report(frame: pd.DataFrame, path: str | Path, *, cells: Sequence[Cell]
     if notes:
         parts += [notes.strip(), ""]
     parts += ["## Commands", "", "Each cell is (`OUT` = the cell's folder, `S` = a seed):", ""]
-    for c in cells:
+    ran = set(zip(frame.loss, frame.graph))
+    for c in (c for c in cells if (c.loss, c.graph) in ran):
         out = Path("OUT")
         parts.append(f"- {c.loss}, graph {c.graph}: space `{json.dumps(c.space)}` in `OUT/space.yaml`, then "
                      f"`python {' '.join(tune_args(c, out, trials, extra))}` and "
