@@ -255,7 +255,7 @@ def summary(frame: pd.DataFrame, tuned: Optional[dict[tuple[str, str], dict]] = 
             row[head] = f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
         for key, head in (("recall@1", "ΔR@1 (p)"), ("mean_average_precision_at_r", "ΔMAP@R (p)")):
             d = diffs.get(key, {}).get((loss, graph))
-            row[head] = "—" if d is None else f"{d[0]:+.2f} ({d[1]:.2f})"
+            row[head] = "—" if d is None else f"{d[0]:+.2f} ({d[1]:.3f})"
         if tuned is not None:
             t = tuned.get((loss, graph))
             row["val MAP@R"] = "—" if t is None else f"{100 * t['val_map_r']:.2f}"
@@ -341,7 +341,8 @@ def write_report(frame: pd.DataFrame, path: str | Path, *, cells: Sequence[Cell]
     if notes:
         parts += [notes.strip(), ""]
     parts += ["## Commands", "", "Each cell is (`OUT` = the cell's folder, `S` = a seed):", ""]
-    for c in cells:
+    ran = set(zip(frame.loss, frame.graph))
+    for c in (c for c in cells if (c.loss, c.graph) in ran):
         out = Path("OUT")
         parts.append(f"- {c.loss}, graph {c.graph}: space `{json.dumps(c.space)}` in `OUT/space.yaml`, then "
                      f"`python {' '.join(tune_args(c, out, trials, extra))}` and "

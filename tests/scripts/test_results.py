@@ -34,7 +34,7 @@ def test_summary_is_mean_and_std_over_seeds_with_the_paired_difference(results):
     from scipy.stats import ttest_rel
 
     assert p == pytest.approx(ttest_rel([0.52, 0.63, 0.71], [0.5, 0.6, 0.7]).pvalue)
-    assert table.loc[1, "ΔR@1 (p)"] == f"+2.00 ({p:.2f})"
+    assert table.loc[1, "ΔR@1 (p)"] == f"+2.00 ({p:.3f})"
     assert "| l | off | 3 | 60.00 ± 10.00" in results.markdown_table(table)
 
 
