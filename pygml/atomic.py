@@ -8,6 +8,7 @@ of pygml's outputs (checkpoints, embeddings, indexes, exported models, reports) 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -71,4 +72,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     _fsync(path.parent)
 
 
-__all__ = ["atomic_path", "check_folder"]
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+__all__ = ["atomic_path", "check_folder", "sha256_file"]

@@ -50,8 +50,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a clone without installing pygml
     sys.path.insert(0, str(ROOT))
 
+from pygml.atomic import sha256_file  # noqa: E402
 from pygml.data.glyphs import (MANIFEST_PATH, VARIANTS, matplotlib_font_dir, open_font, render_glyphs,  # noqa: E402
-                               search_dirs, sha256_file)
+                               search_dirs)
 
 CANDIDATES: tuple[int, ...] = (
     *range(0x30, 0x3A),                                   # digits 0-9

@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from pygml.atomic import sha256_file
 from pygml.atomic import atomic_path, check_folder
 from pygml.data import CorruptImageError, decode_image, find_unreadable, list_image_tree, read_manifest
 from pygml.data.files import SPLITS
@@ -148,14 +149,6 @@ def embed_items(fn: Callable[[Tensor], Tensor], items: Items, transform: Callabl
     emb, got = embed_dataset(fn, _IndexedImages([items.paths[i] for i in rows], rows, transform),
                              batch_size=batch_size, device=device, progress=progress, model=eval_module)
     return emb.numpy().astype(np.float32), got.numpy()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shards_folder(out: str | os.PathLike) -> Path:

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
 from PIL import __version__ as PILLOW_VERSION
 
+from pygml.atomic import sha256_file
 from pygml.data.base import GrayImages, Transform
 
 MANIFEST_PATH = Path(__file__).with_name("glyphs_manifest.json")
@@ -78,14 +79,6 @@ def variant_manifest(variant: str, manifest: Optional[dict[str, Any]] = None) ->
         raise ValueError(f"glyphs variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     manifest = load_manifest() if manifest is None else manifest
     return manifest["variants"][variant]
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def code_point_label(cp: int) -> str:

@@ -9,7 +9,6 @@ the file and the keys, never a half-loaded model.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
+
+from pygml.atomic import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,6 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
 }
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _where_to_get(path: Path) -> str:
     known = KNOWN_WEIGHTS.get(path.name)
     if known is None:
@@ -85,7 +78,7 @@ def read_weights(path: str | Path, what: str) -> dict[str, Tensor]:
     """The state dict stored in the local file ``path`` (``what`` names the model in errors)."""
     path = check_weights_file(path, what)
     known = KNOWN_WEIGHTS.get(path.name)
-    if known is not None and not sha256_of(path).startswith(known.sha256):
+    if known is not None and not sha256_file(path).startswith(known.sha256):
         log.warning("%s is not the published %s: its sha256 does not start with %s", path, path.name, known.sha256)
     try:
         if path.suffix == ".safetensors":
@@ -156,4 +149,4 @@ def load_weights(module: nn.Module, path: str | Path, what: str, *, key_map: Opt
 
 
 __all__ = ["KNOWN_WEIGHTS", "KnownWeights", "WeightsMismatchError", "check_weights_file", "fit_state_dict", "load_weights", "read_weights",
-           "sha256_of"]
+           "sha256_file"]
