@@ -8,6 +8,7 @@ different folders need no ``__init__.py``.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 from pathlib import Path
@@ -184,3 +185,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def pygml_log_handlers_removed():
+    """The command-line tools log through a handler bound to the ``sys.stderr`` of the moment (pytest's capture
+    of the test); it is taken off after the test."""
+    yield
+    logger = logging.getLogger("pygml")
+    for handler in [h for h in logger.handlers if getattr(h, "_pygml", False)]:
+        logger.removeHandler(handler)

@@ -3,7 +3,6 @@ Chromium, installed by scripts/system-deps.sh)."""
 
 from __future__ import annotations
 
-import logging
 import re
 import shutil
 import subprocess
@@ -22,12 +21,7 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 HIT_GREEN = (0x1A, 0x98, 0x50)
 
 
-@pytest.fixture(autouse=True)
-def _log_to_this_test():
-    yield
-    logger = logging.getLogger("pygml")
-    for handler in [h for h in logger.handlers if getattr(h, "_pygml", False)]:
-        logger.removeHandler(handler)
+pytestmark = pytest.mark.usefixtures("pygml_log_handlers_removed")
 
 
 @pytest.fixture(scope="module")

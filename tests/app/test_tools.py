@@ -4,7 +4,6 @@ then pygml-embed, pygml-index, pygml-search and pygml-export, and a clear error 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import warnings
 from pathlib import Path
@@ -25,13 +24,7 @@ SHORT_RUN = ("data.image_size=16", "model.embedding_dim=16", "train.classes_per_
              "eval.recall_at=[1,2]", "eval.nmi=false", "optim.lr=0.01")
 
 
-@pytest.fixture(autouse=True)
-def _log_to_this_test():
-    """The tools log through a handler bound to the ``sys.stderr`` of the moment; taken off after each test."""
-    yield
-    logger = logging.getLogger("pygml")
-    for handler in [h for h in logger.handlers if getattr(h, "_pygml", False)]:
-        logger.removeHandler(handler)
+pytestmark = pytest.mark.usefixtures("pygml_log_handlers_removed")
 
 
 def run(main, *args) -> int:
