@@ -5,13 +5,11 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CONFIG ?= configs/baseline/glyphs.yaml
 OUT ?= runs/demo
-# the results budget on a 2-core machine (docs/results.md says why): 6 epochs of 30 P×K batches per run (180 steps,
-# where the baseline's validation MAP@R levels off), evaluated after the last; 3 tuning trials per cell, 3 seeds.
-# The losses that fit about an hour on 2 shared cores: 8 cells × (3 trials + 3 seeds) = 48 runs, measured 60
-# minutes; add "ProxyAnchor" "paper: Intra-Batch's CE" to RESULTS_LOSSES for the whole grid (about 2 hours there)
-RESULTS_BUDGET ?= train.epochs=6 train.max_steps_per_epoch=30 train.eval_every=6
+# the results grid (docs/results.md): every run 6 epochs of 30 P×K batches (180 steps, where the baseline's validation
+# MAP@R levels off; scripts/results.py's glyphs budget), 3 tuning trials per cell, 3 seeds; every cell of the grid
+# unless RESULTS_LOSSES names some (finished cells are reused)
 RESULTS_TRIALS ?= 3
-RESULTS_LOSSES ?= "normalized softmax" "MultiSimilarity + miner" "paper: BGFormer's contrastive CE"
+RESULTS_LOSSES ?=
 
 .PHONY: demo test install install-dev sparse system-deps bench results clean
 
@@ -42,8 +40,8 @@ bench: install
 	$(PY) -m bench
 
 results: install
-	$(PY) scripts/results.py --jobs 2 --trials $(RESULTS_TRIALS) --losses $(RESULTS_LOSSES) \
-		--notes docs/results-findings.md $(RESULTS_BUDGET)
+	$(PY) scripts/results.py --jobs 2 --trials $(RESULTS_TRIALS) $(if $(RESULTS_LOSSES),--losses $(RESULTS_LOSSES)) \
+		--notes docs/results-findings.md
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,6 +1,6 @@
 """The results grid: does the batch graph help the loss a user already has?
 
-    python scripts/results.py --trials 3 --seeds 0 1 2 --jobs 2 train.epochs=8 train.max_steps_per_epoch=30
+    python scripts/results.py --trials 3 --seeds 0 1 2 --jobs 2     # glyphs at its budget (GLYPHS_BUDGET)
     python scripts/results.py --collect            # no training: the report of the runs already finished
 
 For every base loss (normalized softmax, pytorch-metric-learning's MultiSimilarity with its miner and
@@ -66,6 +66,10 @@ LOSSES = (
     Part("ProxyAnchor", ("loss.name=pml:ProxyAnchorLoss", "loss.options.margin=0.1", "loss.options.alpha=32",
                          "loss.lr=0.01"),
          {"loss.options.margin": {"type": "float", "low": 0.0, "high": 0.3}}),
+    # ProxyGML's paper values (N = 12, r = 0.05, λ = 0.3, proxy lr 0.03) as a base loss on the shared config
+    Part("ProxyGML", ("loss.name=proxygml", "loss.options.proxies_per_class=12", "loss.options.r=0.05",
+                      "loss.options.lambda_reg=0.3", "loss.lr=0.03"),
+         {"loss.options.r": {"type": "float", "low": 0.02, "high": 0.2, "log": True}}),
 )
 
 #: graphs put on top of any base loss, all on the baseline's glyphs config (same optimiser, same head); the
@@ -99,17 +103,14 @@ def _cells() -> list[Cell]:
     cells = [Cell(loss.name, graph.name, "configs/baseline/glyphs.yaml", (*graph.overrides, *common, *loss.overrides),
                   {**LR, **loss.space, **graph.space}) for loss in LOSSES for graph in GRAPHS]
     ib_t = {"intra_batch.temperature": {"type": "float", "low": 0.05, "high": 0.5, "log": True}}
-    # BGFormer's cells keep the SupCon-style contrastive CE they were measured with (the method's default loss is
-    # now the release's pairwise InfoNCE: loss.name=pairwise_infonce)
-    bg_t = {"loss.options.temperature": {"type": "float", "low": 0.05, "high": 0.5, "log": True}}
-    paper_ib, paper_bg = "paper: Intra-Batch's CE", "paper: BGFormer's contrastive CE"
+    bg_tau = {"bgformer.temperature": {"type": "float", "low": 0.05, "high": 0.5, "log": True}}
+    paper_ib, paper_bg = "paper: Intra-Batch's CE", "paper: BGFormer's pairwise InfoNCE"
     cells += [
         Cell(paper_ib, "off", "configs/intra_batch/glyphs.yaml", ("intra_batch.mpn=false",), {**LR, **ib_t}),
         Cell(paper_ib, "+ Intra-Batch MPN", "configs/intra_batch/glyphs.yaml", (), {**LR, **ib_t}),
-        Cell(paper_bg, "off", "configs/bgformer/glyphs.yaml", ("bgformer.alpha=1.0", "loss.name=contrastive_ce"),
-             {**LR, **bg_t}),
-        Cell(paper_bg, "+ BGFormer blocks", "configs/bgformer/glyphs.yaml", ("loss.name=contrastive_ce",),
-             {**LR, **bg_t, **GRAPHS[2].space}),
+        # the release's loss, BGFormer's default (τ = bgformer.temperature)
+        Cell(paper_bg, "off", "configs/bgformer/glyphs.yaml", ("bgformer.alpha=1.0",), {**LR, **bg_tau}),
+        Cell(paper_bg, "+ BGFormer blocks", "configs/bgformer/glyphs.yaml", (), {**LR, **bg_tau, **GRAPHS[2].space}),
     ]
     return cells
 
@@ -117,6 +118,11 @@ def _cells() -> list[Cell]:
 CELLS: tuple[Cell, ...] = tuple(_cells())
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "mean_average_precision_at_r", "r_precision", "NMI")
 HEADERS = ("R@1", "R@2", "R@4", "R@8", "MAP@R", "RP", "NMI")
+#: the budget of every glyphs run (docs/results.md says why): 6 epochs of 30 P×K batches, evaluated after the last
+GLYPHS_BUDGET = ("train.epochs=6", "train.max_steps_per_epoch=30", "train.eval_every=6")
+#: how pygml-tune draws a cell's trials after trial 0 (the starting values): scrambled Sobol points, so that even 2
+#: draws fall in different halves of every range (TPE samples at random for its first 10 trials)
+SAMPLER = "qmc"
 #: the share of the training classes tuning scores on (carved with the tuning seed)
 VAL_FRACTION = 0.2
 TUNE_SEED = 0
@@ -136,7 +142,7 @@ def _env(threads: int) -> dict[str, str]:
 
 def tune_args(cell: Cell, out: Path, trials: int, extra: Sequence[str], val_fraction: float = VAL_FRACTION) -> list[str]:
     return ["tune.py", "--config", cell.config, "--space", str(out / "space.yaml"), "--trials", str(trials),
-            "--out", str(out / "tune"), "--no-progress", *cell.overrides, *extra,
+            "--out", str(out / "tune"), "--sampler", SAMPLER, "--no-progress", *cell.overrides, *extra,
             f"data.val_fraction={val_fraction}", f"train.seed={TUNE_SEED}"]
 
 
@@ -174,8 +180,35 @@ def _row(cell: Cell, out: Path, seed: int) -> dict:
             "train_time_s": result["train_time_s"], **result["test"]}
 
 
+def cell_record(cell: Cell, extra: Sequence[str], val_fraction: float = VAL_FRACTION) -> dict[str, Any]:
+    """What a cell's runs are made of: its config, overrides, search space, the budget and the validation share."""
+    return {"config": cell.config, "overrides": list(cell.overrides), "space": cell.space, "extra": list(extra),
+            "val_fraction": val_fraction, "sampler": SAMPLER}
+
+
+def check_record(cell: Cell, out: Path, extra: Sequence[str], val_fraction: float = VAL_FRACTION) -> None:
+    """Write ``out/cell.json`` for a new cell; for one already there, raise if it was made with other overrides or
+    another budget (its study and runs would be reused and reported as if made with these)."""
+    want = cell_record(cell, extra, val_fraction)
+    path = out / "cell.json"
+    if not path.exists():
+        if (out / "tune").exists():
+            raise RuntimeError(f"{out} holds a study but no cell.json, so what it was made with is unknown; "
+                               f"delete the folder or pass another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(want, indent=1) + "\n")
+        return
+    have = json.loads(path.read_text())
+    differ = [k for k in want if have.get(k) != want[k]]
+    if differ:
+        raise RuntimeError(f"{out} was made with other {', '.join(differ)}: " +
+                           "; ".join(f"{k} {have.get(k)!r}, now {want[k]!r}" for k in differ) +
+                           "; delete the folder or pass another --out")
+
+
 def _cell(cell: Cell, out: Path, seeds: Sequence[int], trials: int, extra: tuple[str, ...], threads: int,
           val_fraction: float) -> list[dict]:
+    check_record(cell, out, extra, val_fraction)
     _tune(cell, out, trials, extra, threads, val_fraction)
     return [_train(cell, out, s, threads) for s in seeds]
 
@@ -203,9 +236,13 @@ def run_all(cells: Sequence[Cell], seeds: Sequence[int], out_root: str | Path, *
     return pd.DataFrame(rows)
 
 
-def collect(cells: Sequence[Cell], seeds: Sequence[int], out_root: str | Path) -> pd.DataFrame:
-    """The rows of the runs already finished under ``out_root``."""
+def collect(cells: Sequence[Cell], seeds: Sequence[int], out_root: str | Path, extra: Sequence[str] = (),
+            val_fraction: float = VAL_FRACTION) -> pd.DataFrame:
+    """The rows of the runs already finished under ``out_root``, each cell checked against its ``cell.json``."""
     out_root = Path(out_root)
+    for c in cells:
+        if (out_root / c.slug / "tune").exists():
+            check_record(c, out_root / c.slug, extra, val_fraction)
     return pd.DataFrame([_row(c, out_root / c.slug, s) for c in cells for s in seeds
                          if (out_root / c.slug / f"seed{s}" / "metrics.json").exists()])
 
@@ -321,7 +358,7 @@ def write_report(frame: pd.DataFrame, path: str | Path, *, cells: Sequence[Cell]
         if (Path(out_root) / c.slug / "tune" / "trials.csv").exists():
             tuned[(c.loss, c.graph)] = tuning(c, out_root)
     table = summary(frame, tuned)
-    plot = graph_plot(frame, path.parent / "img" / f"graph_{Path(cells[0].config).stem if cells else 'glyphs'}.png")
+    plot = graph_plot(frame, path.parent / "img" / f"graph_{path.stem}.png")
     budget = " ".join(extra)
     wall = f"{wall_s / 60:.0f} minutes" if wall_s is not None else "not measured"
     dataset = Path(cells[0].config).stem if cells else "glyphs"
@@ -379,8 +416,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--report", default="docs/results.md")
     parser.add_argument("--notes", help="a markdown file of findings to include in the report")
     parser.add_argument("--collect", action="store_true", help="no training: report the runs finished under --out")
-    parser.add_argument("extra", nargs="*", metavar="key.sub=value", help="overrides of every run (the budget)")
+    parser.add_argument("extra", nargs="*", metavar="key.sub=value",
+                        help=f"overrides of every run; on glyphs they follow (and may change) the budget "
+                             f"{' '.join(GLYPHS_BUDGET)}, on the other datasets the configs' own budget holds")
     args = parser.parse_args(argv)
+    args.extra = [*(GLYPHS_BUDGET if args.dataset == "glyphs" else ()), *args.extra]
     args.out = args.out or f"runs/results/{args.dataset}"
     order = {loss: i for i, loss in enumerate(args.losses or [])}
     cells = sorted((dataclasses.replace(c, config=str(Path(c.config).with_name(f"{args.dataset}.yaml"))) for c in CELLS
@@ -390,7 +430,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"no cell matches; losses: {sorted({c.loss for c in CELLS})}, graphs: {[g.name for g in GRAPHS]}")
     started = time.perf_counter()
     if args.collect:
-        frame = collect(cells, args.seeds, args.out)
+        frame = collect(cells, args.seeds, args.out, args.extra)
         if frame.empty:
             parser.error(f"no finished run under {args.out}")
         timing = Path(args.out) / "wall.json"

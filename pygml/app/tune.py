@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -160,9 +161,30 @@ def _optuna() -> Any:
     return optuna
 
 
+#: ``--sampler`` choices: Optuna's TPE (random for its first 10 trials, then model-based), scrambled Sobol points
+#: (quasi-random: even a few trials spread over the whole space), or plain random sampling
+SAMPLERS = ("tpe", "qmc", "random")
+
+
+def make_sampler(name: str, seed: int = 0) -> Any:
+    """The Optuna sampler ``name`` (one of :data:`SAMPLERS`), seeded."""
+    optuna = _optuna()
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "qmc":
+        with warnings.catch_warnings():  # experimental in Optuna 5: its interface may change, its draws do not
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
+                                              warn_independent_sampling=False, warn_asynchronous_seeding=False)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ConfigError(f"--sampler is {name!r}; expected one of {', '.join(SAMPLERS)}")
+
+
 def tune(cfg: Any, space: Sequence[Param], out: str | Path, *, trials: int, metric: str = "mean_average_precision_at_r",
-         sampler_seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Run (or continue) the study of ``cfg`` over ``space`` in ``out`` until ``trials`` trials have ended.
+         sampler_seed: int = 0, sampler: str = "tpe", progress: bool = True) -> dict[str, Any]:
+    """Run (or continue) the study of ``cfg`` over ``space`` in ``out`` until ``trials`` trials have ended, drawing
+    with ``sampler`` (:data:`SAMPLERS`; a study continues only with the sampler it was started with).
 
     Returns ``{"best_value", "best_params", "best_config" (the config object), "trials" (the table),
     "ran" (trials run by this call)}``."""
@@ -180,7 +202,15 @@ def tune(cfg: Any, space: Sequence[Param], out: str | Path, *, trials: int, metr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=STUDY_NAME, storage=f"sqlite:///{(out / 'study.db').resolve()}",
                                 direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=sampler_seed))
+                                sampler=make_sampler(sampler, sampler_seed))
+    drawn = {"sampler": sampler, "sampler_seed": sampler_seed}
+    if not study.trials:
+        for key, value in drawn.items():
+            study.set_user_attr(key, value)
+    elif any(study.user_attrs.get(k, {"sampler": "tpe"}.get(k, v)) != v for k, v in drawn.items()):
+        raise ConfigError(f"{out / 'study.db'} was started with --sampler {study.user_attrs.get('sampler', 'tpe')} "
+                          f"--sampler-seed {study.user_attrs.get('sampler_seed', 0)}; continue it with those, or "
+                          f"pass another --out")
     ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     done = len(study.get_trials(deepcopy=False, states=ended))
     todo = max(trials - done, 0)
@@ -249,7 +279,10 @@ def tune_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="folder of the study: study.db, trials/, trials.csv, best.yaml")
     parser.add_argument("--metric", default="mean_average_precision_at_r",
                         help="validation metric to maximise (default: mean_average_precision_at_r)")
-    parser.add_argument("--sampler-seed", type=int, default=0, help="seed of Optuna's TPE sampler")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                        help="how trials are drawn: tpe (Optuna's default), qmc (scrambled Sobol points: spread over "
+                             "the space even with a few trials), random")
+    parser.add_argument("--sampler-seed", type=int, default=0, help="seed of the sampler")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(parser)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides")
@@ -260,7 +293,7 @@ def tune_main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_config(args.config, args.overrides)
         space = load_space(args.space or [default_space(args.config)], cfg)
         result = tune(cfg, space, args.out, trials=args.trials, metric=args.metric, sampler_seed=args.sampler_seed,
-                      progress=not args.no_progress)
+                      sampler=args.sampler, progress=not args.no_progress)
         print(result["trials"].to_string(index=False))
         print(f"\nbest: trial {result['best_number']}, validation {args.metric} {result['best_value']:.4f}, "
               f"{result['best_params']}")
@@ -270,4 +303,5 @@ def tune_main(argv: Optional[Sequence[str]] = None) -> int:
     return _run(body)
 
 
-__all__ = ["PARAM_TYPES", "Param", "SPACE_SUFFIX", "default_space", "load_space", "overrides", "tune", "tune_main"]
+__all__ = ["PARAM_TYPES", "Param", "SAMPLERS", "SPACE_SUFFIX", "default_space", "load_space", "make_sampler", "overrides",
+           "tune", "tune_main"]

@@ -3,6 +3,7 @@ the guarantee that no trial reads the test split."""
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -152,3 +153,30 @@ def test_a_resumed_study_runs_the_config_s_values_when_their_trial_was_cut_short
     table = pd.read_csv(tmp_path / "study" / "trials.csv")
     assert list(table.state) == ["FAIL", "COMPLETE", "COMPLETE"]
     assert table["optim.lr"][1] == pytest.approx(cfg.optim.lr) and table["optim.lr"][2] != pytest.approx(cfg.optim.lr)
+
+
+def test_a_few_qmc_trials_spread_over_the_whole_range():
+    from pygml.app.tune import make_sampler
+
+    for seed in range(3):  # after trial 0 (the config's values, as tune() enqueues them), the first 4 scrambled
+        study = optuna.create_study(direction="maximize", sampler=make_sampler("qmc", seed))  # Sobol points fall
+        study.enqueue_trial({"lr": 1e-3, "m": 0.5})  # one in each quarter of every axis
+        study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True) + t.suggest_float("m", 0.0, 1.0),
+                       n_trials=5)
+        for key, to_unit in (("lr", lambda v: (np.log10(v) + 4) / 2), ("m", lambda v: v)):
+            quarters = sorted(int(4 * to_unit(t.params[key])) for t in study.trials[1:])
+            assert quarters == [0, 1, 2, 3], (seed, key, quarters)
+
+
+def test_a_study_continues_only_with_its_own_sampler(guarded, tmp_path):
+    from pygml.app.tune import make_sampler
+
+    cfg = guarded()
+    space = load_space([space_file(tmp_path, SPACE)], cfg)
+    tune(cfg, space, tmp_path / "study", trials=1, sampler="qmc", sampler_seed=3, progress=False)
+    for other in ({"sampler": "tpe", "sampler_seed": 3}, {"sampler": "qmc", "sampler_seed": 0}):
+        with pytest.raises(ConfigError, match="was started with --sampler qmc --sampler-seed 3"):
+            tune(cfg, space, tmp_path / "study", trials=2, progress=False, **other)
+    assert tune(cfg, space, tmp_path / "study", trials=1, sampler="qmc", sampler_seed=3, progress=False)["ran"] == 0
+    with pytest.raises(ConfigError, match="--sampler is 'grid'"):
+        make_sampler("grid")

@@ -72,10 +72,44 @@ def test_results_on_a_small_run(results, tmp_path, monkeypatch, repo_root):
     for cell in cells:
         trials = pd.read_csv(tmp_path / "runs" / cell.slug / "tune" / "trials.csv")
         assert len(trials) == 1 and set(cell.space) <= set(trials.columns)
-    assert results.collect(cells, [0, 1], tmp_path / "runs").shape[0] == 4
+    assert results.collect(cells, [0, 1], tmp_path / "runs", extra, val_fraction=0.4).shape[0] == 4
+    with pytest.raises(RuntimeError, match="made with other extra"):  # another budget is never reported as this one
+        results.collect(cells, [0, 1], tmp_path / "runs", [*extra, "train.epochs=2"], val_fraction=0.4)
     report = results.write_report(frame, tmp_path / "docs" / "results.md", cells=cells, seeds=[0, 1], trials=1,
                                   extra=extra, out_root=tmp_path / "runs", commit="abc123", wall_s=60.0)
     text = report.read_text()
     assert "| normalized softmax | off | 2 |" in text and "| normalized softmax | + Intra-Batch MPN | 2 |" in text
     assert "abc123" in text and "1 minutes" in text and "python tune.py --config configs/baseline/glyphs.yaml" in text
-    _is_png(tmp_path / "docs" / "img" / "graph_glyphs.png")
+    _is_png(tmp_path / "docs" / "img" / "graph_results.png")
+
+
+def test_a_cell_is_reused_only_with_the_overrides_and_budget_it_was_made_with(results, tmp_path):
+    cell, other = results.CELLS[0], results.CELLS[1]
+    out = tmp_path / cell.slug
+    results.check_record(cell, out, results.GLYPHS_BUDGET)
+    assert (out / "cell.json").exists()
+    results.check_record(cell, out, results.GLYPHS_BUDGET)  # the same cell again: reused
+    with pytest.raises(RuntimeError, match=r"made with other extra: .*train.epochs=6.*delete the folder"):
+        results.check_record(cell, out, ["train.epochs=8"])
+    with pytest.raises(RuntimeError, match="made with other overrides"):
+        results.check_record(other, out, results.GLYPHS_BUDGET)
+    legacy = tmp_path / "legacy"
+    (legacy / "tune").mkdir(parents=True)  # a study without a record: what it was made with is unknown
+    with pytest.raises(RuntimeError, match="no cell.json"):
+        results.check_record(cell, legacy, results.GLYPHS_BUDGET)
+
+
+def test_glyphs_runs_get_the_documented_budget_unless_overridden(results, monkeypatch):
+    seen = {}
+
+    def fake_run_all(cells, seeds, out, *, trials, jobs, extra):
+        seen["extra"] = list(extra)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(results, "run_all", fake_run_all)
+    with pytest.raises(SystemExit):
+        results.main(["train.epochs=12", "--losses", "normalized softmax"])
+    assert seen["extra"] == [*results.GLYPHS_BUDGET, "train.epochs=12"]  # later overrides win
+    with pytest.raises(SystemExit):
+        results.main(["--dataset", "cub", "data.root=/x", "--losses", "normalized softmax"])
+    assert seen["extra"] == ["data.root=/x"]
