@@ -422,6 +422,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     args.extra = [*(GLYPHS_BUDGET if args.dataset == "glyphs" else ()), *args.extra]
     args.out = args.out or f"runs/results/{args.dataset}"
+    for flag, given, known in (("--losses", args.losses, {c.loss for c in CELLS}),
+                               ("--graphs", args.graphs, {c.graph for c in CELLS})):
+        unknown = [name for name in given or () if name not in known]
+        if unknown:
+            hint = (" (overrides go before the options: python scripts/results.py key=value ... --losses ...)"
+                    if any("=" in name for name in unknown) else "")
+            parser.error(f"{flag}: no such {flag[2:-2] if flag == '--losses' else 'graph'} {unknown[0]!r}{hint}; "
+                         f"known: {', '.join(repr(k) for k in sorted(known))}")
     order = {loss: i for i, loss in enumerate(args.losses or [])}
     cells = sorted((dataclasses.replace(c, config=str(Path(c.config).with_name(f"{args.dataset}.yaml"))) for c in CELLS
                     if (not args.losses or c.loss in args.losses) and (not args.graphs or c.graph in args.graphs)),

@@ -1,6 +1,8 @@
 """scripts/results.py: the grid of base losses × graphs, its table (mean ± std, paired differences), and the
 report of a small run (tuning on the validation split, then seeds on the test classes)."""
 
+import re
+
 import pandas as pd
 import pytest
 from PIL import Image
@@ -113,3 +115,14 @@ def test_glyphs_runs_get_the_documented_budget_unless_overridden(results, monkey
     with pytest.raises(SystemExit):
         results.main(["--dataset", "cub", "data.root=/x", "--losses", "normalized softmax"])
     assert seen["extra"] == ["data.root=/x"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--losses", "normalized softmax", "model.backbone=mobilenet_v2"], r"no such loss 'model.backbone=mobilenet_v2' "
+                                                                       r"\(overrides go before the options"),
+    (["--graphs", "+ MPN"], r"no such graph '\+ MPN'; known: '\+ BGFormer blocks'"),
+])
+def test_a_name_that_is_no_cell_s_is_an_error_not_a_smaller_grid(results, argv, match, capsys):
+    with pytest.raises(SystemExit):
+        results.main(argv)
+    assert re.search(match, capsys.readouterr().err)
