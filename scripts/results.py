@@ -146,9 +146,11 @@ def tune_args(cell: Cell, out: Path, trials: int, extra: Sequence[str], val_frac
             f"data.val_fraction={val_fraction}", f"train.seed={TUNE_SEED}"]
 
 
-def seed_args(out: Path, seed: int) -> list[str]:
+def seed_args(out: Path, seed: int, run_dir: Optional[Path] = None, overrides: Sequence[str] = ()) -> list[str]:
+    """``train.py`` on the best config of the cell in ``out`` with ``seed``, into ``run_dir`` (``out/seed<seed>``)."""
+    run_dir = run_dir if run_dir is not None else out / f"seed{seed}"
     return ["train.py", "--config", str(out / "tune" / "best.yaml"), "data.val_fraction=0", f"train.seed={seed}",
-            f"train.out_dir={out / f'seed{seed}'}", "train.progress=false"]
+            f"train.out_dir={run_dir}", "train.progress=false", *overrides]
 
 
 def _call(args: list[str], threads: int, log: Path) -> None:
@@ -174,9 +176,10 @@ def _train(cell: Cell, out: Path, seed: int, threads: int) -> dict:
     return _row(cell, out, seed)
 
 
-def _row(cell: Cell, out: Path, seed: int) -> dict:
-    result = json.loads((out / f"seed{seed}" / "metrics.json").read_text())
-    return {"loss": cell.loss, "graph": cell.graph, "seed": seed, "out_dir": str(out / f"seed{seed}"),
+def _row(cell: Cell, out: Path, seed: int, run_dir: Optional[Path] = None) -> dict:
+    run_dir = run_dir if run_dir is not None else out / f"seed{seed}"
+    result = json.loads((run_dir / "metrics.json").read_text())
+    return {"loss": cell.loss, "graph": cell.graph, "seed": seed, "out_dir": str(run_dir),
             "train_time_s": result["train_time_s"], **result["test"]}
 
 
@@ -247,14 +250,119 @@ def collect(cells: Sequence[Cell], seeds: Sequence[int], out_root: str | Path, e
                          if (out_root / c.slug / f"seed{s}" / "metrics.json").exists()])
 
 
-def tuning(cell: Cell, out_root: str | Path) -> dict[str, Any]:
-    """The cell's study: trials run, best validation MAP@R and its parameters, and the tuning time."""
+def _best_trial(cell: Cell, out_root: str | Path) -> tuple[pd.Series, pd.DataFrame]:
+    """The best complete trial of the cell's study (all its values, unrounded) and the study's table."""
     table = pd.read_csv(Path(out_root) / cell.slug / "tune" / "trials.csv")
     done = table[table.state == "COMPLETE"]
-    best = done.loc[done.mean_average_precision_at_r.idxmax()]
-    return {"trials": len(done), "val_map_r": float(best.mean_average_precision_at_r),
+    return done.loc[done.mean_average_precision_at_r.idxmax()], table
+
+
+def tuning(cell: Cell, out_root: str | Path) -> dict[str, Any]:
+    """The cell's study: trials run, best validation MAP@R and its parameters, and the tuning time."""
+    best, table = _best_trial(cell, out_root)
+    return {"trials": int((table.state == "COMPLETE").sum()), "val_map_r": float(best.mean_average_precision_at_r),
             "params": {k: (round(float(best[k]), 4) if isinstance(best[k], float) else best[k]) for k in cell.space},
             "time_s": float(table.time_s.sum())}
+
+
+def control_overrides(cell: Cell, off: Cell, out_root: str | Path) -> list[str]:
+    """The graph ``cell``'s best values of the keys its space shares with its loss's graph-off cell ``off``: the
+    graph-off config retrained with them is the graph's control at equal hyper-parameters. Empty when they are
+    the off cell's own best values (the off cell is then its own control)."""
+    mine, theirs = _best_trial(cell, out_root)[0], _best_trial(off, out_root)[0]
+    shared = [k for k in off.space if k in cell.space]
+    if all(mine[k] == theirs[k] for k in shared):
+        return []
+    return [f"{k}={_override_value(mine[k])}" for k in shared]
+
+
+def _override_value(value: Any) -> str:
+    """A value read from a study's table as a config override (floats at full precision)."""
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return str(value)
+
+
+def _control(cell: Cell, off: Cell, out_root: Path, seed: int, threads: int) -> dict:
+    """One seed of the graph-off config at the graph cell's values, in ``<cell>/control/seed<seed>``."""
+    overrides = control_overrides(cell, off, out_root)
+    if not overrides:
+        return {**_row(off, out_root / off.slug, seed), "graph": cell.graph}
+    out = out_root / cell.slug
+    record, want = out / "control.json", {"config": str(out_root / off.slug / "tune" / "best.yaml"),
+                                          "overrides": overrides}
+    if record.exists() and json.loads(record.read_text()) != want:
+        raise RuntimeError(f"{out / 'control'} was trained with {json.loads(record.read_text())}, not {want}; "
+                           f"delete it to retrain")
+    record.write_text(json.dumps(want, indent=1) + "\n")
+    run_dir = out / "control" / f"seed{seed}"
+    if not (run_dir / "metrics.json").exists():
+        _call(seed_args(out_root / off.slug, seed, run_dir, overrides), threads, out / f"control{seed}.log")
+    return {**_row(cell, out / "control", seed, run_dir), "graph": cell.graph}
+
+
+def _short(value: str) -> str:
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
+def _pairs(cells: Sequence[Cell]) -> list[tuple[Cell, Cell]]:
+    """(graph cell, its loss's graph-off cell) for every graph cell whose loss has an off cell among ``cells``."""
+    off = {c.loss: c for c in cells if c.graph == "off"}
+    return [(c, off[c.loss]) for c in cells if c.graph != "off" and c.loss in off]
+
+
+def run_controls(cells: Sequence[Cell], seeds: Sequence[int], out_root: str | Path, *, jobs: int = 1) -> pd.DataFrame:
+    """Every graph cell's control (:func:`control_overrides`), one row per seed; ``graph`` names the graph cell."""
+    out_root = Path(out_root).resolve()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_control, c, off, out_root, s, threads) for c, off in _pairs(cells) for s in seeds]
+        return pd.DataFrame([f.result() for f in futures])
+
+
+def collect_controls(cells: Sequence[Cell], seeds: Sequence[int], out_root: str | Path) -> pd.DataFrame:
+    """The control rows already finished under ``out_root``."""
+    out_root, rows = Path(out_root), []
+    for c, off in _pairs(cells):
+        if not all((out_root / x.slug / "tune" / "trials.csv").exists() for x in (c, off)):
+            continue
+        same = not control_overrides(c, off, out_root)
+        for s in seeds:
+            if (out_root / (off.slug if same else f"{c.slug}/control") / f"seed{s}" / "metrics.json").exists():
+                rows.append(_control(c, off, out_root, s, threads=1))
+    return pd.DataFrame(rows)
+
+
+def control_table(frame: pd.DataFrame, controls: pd.DataFrame, cells: Sequence[Cell], out_root: str | Path
+                  ) -> pd.DataFrame:
+    """Per graph cell: the graph-off config at the graph cell's values against the graph cell, mean ± std over
+    seeds and the paired difference (graph − control) with its p-value."""
+    rows = []
+    for c, off in _pairs(cells):
+        ctl = controls[controls.graph == c.graph] if len(controls) else controls
+        ctl = ctl[ctl.loss == c.loss] if len(ctl) else ctl
+        on = frame[(frame.loss == c.loss) & (frame.graph == c.graph)]
+        if not len(ctl) or not len(on):
+            continue
+        pair = pd.concat([ctl.assign(graph="off"), on])
+        values = control_overrides(c, off, out_root)
+        row = {"base loss": c.loss, "graph": c.graph,
+               "values": ", ".join(f"{k}={_short(v)}" for k, v in (o.split("=", 1) for o in values)) or
+                         "the off cell's own"}
+        for key, head in (("recall@1", "R@1"), ("mean_average_precision_at_r", "MAP@R")):
+            for name, g in (("off", ctl), ("graph", on)):
+                v = 100 * g[key].to_numpy(dtype=float)
+                row[f"{name} {head}"] = f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+        for key, head in (("recall@1", "ΔR@1 (p)"), ("mean_average_precision_at_r", "ΔMAP@R (p)")):
+            d, p, _ = paired(pair, key)[(c.loss, c.graph)]
+            row[head] = f"{d:+.2f} ({p:.3f})"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def paired(frame: pd.DataFrame, key: str) -> dict[tuple[str, str], tuple[float, float, int]]:
@@ -350,7 +458,7 @@ def graph_plot(frame: pd.DataFrame, path: str | Path) -> Path:
 
 def write_report(frame: pd.DataFrame, path: str | Path, *, cells: Sequence[Cell], seeds: Sequence[int], trials: int,
                  extra: Sequence[str] = (), out_root: str | Path = "runs/results", commit: Optional[str] = None,
-                 wall_s: Optional[float] = None, notes: str = "") -> Path:
+                 wall_s: Optional[float] = None, notes: str = "", controls: Optional[pd.DataFrame] = None) -> Path:
     """``docs/results.md``: the grid's table, the plot beside it, the tuned values and the exact commands."""
     path = Path(path)
     tuned = {}
@@ -378,6 +486,14 @@ def write_report(frame: pd.DataFrame, path: str | Path, *, cells: Sequence[Cell]
                                            "tuning time (s)": f"{t['time_s']:.0f}",
                                            "best values": ", ".join(f"{k}={v}" for k, v in t["params"].items())}
                                           for (l, g), t in tuned.items()])), ""]
+    control = control_table(frame, controls, cells, out_root) if controls is not None and len(controls) else None
+    if control is not None and len(control):
+        parts += ["## The graph at equal hyper-parameters", "",
+                  "A cell's tuning can pick other values (lr, the loss's parameter) with the graph than without it, "
+                  "so a difference in the table above mixes the graph's effect with theirs. Here each graph cell is "
+                  "set against its loss's graph-off config retrained with the graph cell's own best values of the "
+                  "keys both search (off); Δ is graph − off, paired over seeds.", "",
+                  markdown_table(control), ""]
     if notes:
         parts += [notes.strip(), ""]
     parts += ["## Commands", "", "Each cell is (`OUT` = the cell's folder, `S` = a seed):", ""]
@@ -441,17 +557,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         frame = collect(cells, args.seeds, args.out, args.extra)
         if frame.empty:
             parser.error(f"no finished run under {args.out}")
+        controls = collect_controls(cells, args.seeds, args.out)
         timing = Path(args.out) / "wall.json"
         wall = json.loads(timing.read_text())["wall_s"] if timing.exists() else None
     else:
         frame = run_all(cells, args.seeds, args.out, trials=args.trials, jobs=args.jobs, extra=args.extra)
         frame.to_csv(Path(args.out) / "all_runs.csv", index=False)
+        controls = run_controls(cells, args.seeds, args.out, jobs=args.jobs)
+        controls.to_csv(Path(args.out) / "all_controls.csv", index=False)
         timing = Path(args.out) / "wall.json"  # summed over the invocations that trained under --out
         wall = time.perf_counter() - started + (json.loads(timing.read_text())["wall_s"] if timing.exists() else 0.0)
         timing.write_text(json.dumps({"wall_s": wall}))
     notes = Path(args.notes).read_text() if args.notes and Path(args.notes).exists() else ""
     report = write_report(frame, args.report, cells=cells, seeds=args.seeds, trials=args.trials, extra=args.extra,
-                          out_root=args.out, commit=_commit(), wall_s=wall, notes=notes)
+                          out_root=args.out, commit=_commit(), wall_s=wall, notes=notes, controls=controls)
     print(markdown_table(summary(frame)))
     if wall is not None:
         print(f"wall-clock: {wall / 60:.1f} minutes")

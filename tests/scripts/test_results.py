@@ -1,7 +1,9 @@
 """scripts/results.py: the grid of base losses × graphs, its table (mean ± std, paired differences), and the
 report of a small run (tuning on the validation split, then seeds on the test classes)."""
 
+import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -75,6 +77,11 @@ def test_results_on_a_small_run(results, tmp_path, monkeypatch, repo_root):
         trials = pd.read_csv(tmp_path / "runs" / cell.slug / "tune" / "trials.csv")
         assert len(trials) == 1 and set(cell.space) <= set(trials.columns)
     assert results.collect(cells, [0, 1], tmp_path / "runs", extra, val_fraction=0.4).shape[0] == 4
+    # one trial each: both cells keep their starting values, so the graph's control is the off cell itself
+    controls = results.run_controls(cells, [0, 1], tmp_path / "runs", jobs=2)
+    off = frame[frame.graph == "off"].sort_values("seed")
+    assert list(controls.graph) == ["+ Intra-Batch MPN"] * 2 and list(controls["recall@1"]) == list(off["recall@1"])
+    assert results.collect_controls(cells, [0, 1], tmp_path / "runs").equals(controls)
     with pytest.raises(RuntimeError, match="made with other extra"):  # another budget is never reported as this one
         results.collect(cells, [0, 1], tmp_path / "runs", [*extra, "train.epochs=2"], val_fraction=0.4)
     report = results.write_report(frame, tmp_path / "docs" / "results.md", cells=cells, seeds=[0, 1], trials=1,
@@ -126,3 +133,49 @@ def test_a_name_that_is_no_cell_s_is_an_error_not_a_smaller_grid(results, argv, 
     with pytest.raises(SystemExit):
         results.main(argv)
     assert re.search(match, capsys.readouterr().err)
+
+
+def _study(path, rows):
+    path.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([{"number": i, "state": "COMPLETE", "time_s": 1.0, **r} for i, r in enumerate(rows)]).to_csv(
+        path / "trials.csv", index=False)
+
+
+def test_a_graph_cell_s_control_is_the_off_config_at_the_graph_cell_s_values(results, tmp_path, monkeypatch):
+    off, bgf = (next(c for c in results.CELLS if c.loss == "normalized softmax" and c.graph == g)
+                for g in ("off", "+ BGFormer blocks"))
+    _study(tmp_path / off.slug / "tune", [
+        {"mean_average_precision_at_r": 0.8, "optim.lr": 1e-3, "loss.options.temperature": 0.05},
+        {"mean_average_precision_at_r": 0.7, "optim.lr": 3.4010955847133196e-4, "loss.options.temperature": 0.2}])
+    _study(tmp_path / bgf.slug / "tune", [
+        {"mean_average_precision_at_r": 0.6, "optim.lr": 1e-3, "loss.options.temperature": 0.05, "bgformer.alpha": 0.5},
+        {"mean_average_precision_at_r": 0.9, "optim.lr": 3.4010955847133196e-4, "loss.options.temperature": 0.0508,
+         "bgformer.alpha": 0.81}])
+    overrides = results.control_overrides(bgf, off, tmp_path)
+    assert overrides == ["optim.lr=0.00034010955847133196", "loss.options.temperature=0.0508"]  # exact, shared keys only
+    calls = []
+
+    def fake_call(args, threads, log):  # a "run" that scores 0.5 + 0.01·seed and records its command
+        calls.append(args)
+        run_dir = Path(next(a for a in args if a.startswith("train.out_dir=")).split("=", 1)[1])
+        seed = int(next(a for a in args if a.startswith("train.seed=")).split("=", 1)[1])
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text(json.dumps({"train_time_s": 1.0, "test": {
+            "recall@1": 0.5 + 0.01 * seed, "mean_average_precision_at_r": 0.5 + 0.01 * seed}}))
+
+    monkeypatch.setattr(results, "_call", fake_call)
+    rows = pd.DataFrame([results._control(bgf, off, tmp_path, s, threads=1) for s in (0, 1, 2)])
+    assert calls[0][:3] == ["train.py", "--config", str(tmp_path / off.slug / "tune" / "best.yaml")]
+    assert calls[0][-2:] == overrides and all(c[-2:] == overrides for c in calls)
+    assert set(rows.graph) == {"+ BGFormer blocks"} and (rows.out_dir.str.contains("control")).all()
+    results._control(bgf, off, tmp_path, 0, threads=1)
+    assert len(calls) == 3, "a finished control run is reused"
+    frame = pd.DataFrame(_rows("normalized softmax", "+ BGFormer blocks", [0.52, 0.535, 0.54]))
+    table = results.control_table(frame, rows, [off, bgf], tmp_path)
+    assert table.loc[0, "values"] == "optim.lr=0.0003401, loss.options.temperature=0.0508"
+    assert table.loc[0, "off MAP@R"] == "51.00 ± 1.00" and table.loc[0, "ΔMAP@R (p)"].startswith("+2.17 (")
+    # another best value later (a longer study) makes the old control runs stale: an error, not a silent reuse
+    _study(tmp_path / bgf.slug / "tune", [
+        {"mean_average_precision_at_r": 0.9, "optim.lr": 2e-3, "loss.options.temperature": 0.1, "bgformer.alpha": 0.3}])
+    with pytest.raises(RuntimeError, match="control was trained with"):
+        results._control(bgf, off, tmp_path, 0, threads=1)
