@@ -503,6 +503,11 @@ def write_report(frame: pd.DataFrame, path: str | Path, *, cells: Sequence[Cell]
         parts.append(f"- {c.loss}, graph {c.graph}: space `{json.dumps(c.space)}` in `OUT/space.yaml`, then "
                      f"`python {' '.join(tune_args(c, out, trials, extra))}` and "
                      f"`python {' '.join(seed_args(out, 0)).replace('seed0', 'seedS').replace('seed=0', 'seed=S')}`")
+    if control is not None and len(control):
+        parts += ["", "The control of a graph cell (`OFF` = its loss's graph-off folder, the values as in its row "
+                      "above, at full precision in `OUT/control.json`): "
+                      f"`python {' '.join(seed_args(Path('OFF'), 0, Path('OUT/control/seedS')))} "
+                      "key=value ...`".replace("seed=0", "seed=S")]
     parts.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
