@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -291,8 +292,7 @@ def _control(cell: Cell, off: Cell, out_root: Path, seed: int, threads: int) -> 
     if not overrides:
         return {**_row(off, out_root / off.slug, seed), "graph": cell.graph}
     out = out_root / cell.slug
-    record, want = out / "control.json", {"config": str(out_root / off.slug / "tune" / "best.yaml"),
-                                          "overrides": overrides}
+    record, want = out / "control.json", {"config": f"{off.slug}/tune/best.yaml", "overrides": overrides}
     if record.exists() and json.loads(record.read_text()) != want:
         raise RuntimeError(f"{out / 'control'} was trained with {json.loads(record.read_text())}, not {want}; "
                            f"delete it to retrain")
@@ -429,7 +429,7 @@ def graph_plot(frame: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     losses = list(dict.fromkeys(loss for loss, _ in _cell_order(frame)))
     graphs = [g.name for g in GRAPHS]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2.4 * len(losses)), 4.8))
     width = 0.8 / len(graphs)
     for ax, (key, head) in zip(axes, (("recall@1", "R@1 (%)"), ("mean_average_precision_at_r", "MAP@R (%)"))):
         for j, graph in enumerate(graphs):
@@ -441,7 +441,7 @@ def graph_plot(frame: pd.DataFrame, path: str | Path) -> Path:
                 ax.bar(x, values.mean(), width, yerr=values.std(ddof=1) if len(values) > 1 else 0, capsize=3,
                        color=f"C{j}", label=graph if i == 0 or graph not in ax.get_legend_handles_labels()[1] else None)
                 ax.plot(np.full(len(values), x), values, "k.", markersize=4)
-        ax.set_xticks(range(len(losses)), [loss.replace(": ", ":\n") for loss in losses], fontsize=8)
+        ax.set_xticks(range(len(losses)), [textwrap.fill(loss, 15, break_long_words=False) for loss in losses], fontsize=8)
         ax.set_ylabel(head)
         low = 100 * frame[key].min()
         ax.set_ylim(max(0.0, low - 5), min(100.0, 100 * frame[key].max() + 2))
@@ -458,7 +458,8 @@ def graph_plot(frame: pd.DataFrame, path: str | Path) -> Path:
 
 def write_report(frame: pd.DataFrame, path: str | Path, *, cells: Sequence[Cell], seeds: Sequence[int], trials: int,
                  extra: Sequence[str] = (), out_root: str | Path = "runs/results", commit: Optional[str] = None,
-                 wall_s: Optional[float] = None, notes: str = "", controls: Optional[pd.DataFrame] = None) -> Path:
+                 wall_s: Optional[float] = None, notes: str = "", controls: Optional[pd.DataFrame] = None,
+                 setting: Optional[str] = None) -> Path:
     """``docs/results.md``: the grid's table, the plot beside it, the tuned values and the exact commands."""
     path = Path(path)
     tuned = {}
@@ -470,11 +471,11 @@ def write_report(frame: pd.DataFrame, path: str | Path, *, cells: Sequence[Cell]
     budget = " ".join(extra)
     wall = f"{wall_s / 60:.0f} minutes" if wall_s is not None else "not measured"
     dataset = Path(cells[0].config).stem if cells else "glyphs"
-    parts = [f"# Does the batch graph help? Results on {dataset}", "",
+    parts = [f"# Does the batch graph help? Results on {setting or dataset}", "",
              f"Commit `{commit or 'unknown'}`. Regenerate with `make results` (wall-clock time of tuning and training, "
              f"summed over the invocations that ran them: {wall}, on 2 shared CPU cores).", "",
              f"Each cell: `pygml-tune` with {trials} trials on a validation split of {VAL_FRACTION:.0%} of the training "
-             f"classes (seed {TUNE_SEED}; trial 0 is the cell's starting values), then the best config trained on all "
+             f"classes (seed {TUNE_SEED}; trial 0 is the cell's starting values, the others drawn by `--sampler {SAMPLER}`), then the best config trained on all "
              f"training classes with seeds {', '.join(map(str, seeds))} and evaluated once, after the last epoch, on the "
              f"test classes. Budget of every run: `{budget}`. Mean ± std over seeds, metrics in %.", "",
              "ΔR@1 and ΔMAP@R: mean over seeds of (this cell − the same loss with the graph off, same seed), in points, "
@@ -536,6 +537,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", help="where the studies and runs are written (default runs/results/<dataset>)")
     parser.add_argument("--report", default="docs/results.md")
     parser.add_argument("--notes", help="a markdown file of findings to include in the report")
+    parser.add_argument("--setting", help="what the report's title calls the setting (default: the dataset's name)")
     parser.add_argument("--collect", action="store_true", help="no training: report the runs finished under --out")
     parser.add_argument("extra", nargs="*", metavar="key.sub=value",
                         help=f"overrides of every run; on glyphs they follow (and may change) the budget "
@@ -575,7 +577,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         timing.write_text(json.dumps({"wall_s": wall}))
     notes = Path(args.notes).read_text() if args.notes and Path(args.notes).exists() else ""
     report = write_report(frame, args.report, cells=cells, seeds=args.seeds, trials=args.trials, extra=args.extra,
-                          out_root=args.out, commit=_commit(), wall_s=wall, notes=notes, controls=controls)
+                          out_root=args.out, commit=_commit(), wall_s=wall, notes=notes, controls=controls,
+                          setting=args.setting)
     print(markdown_table(summary(frame)))
     if wall is not None:
         print(f"wall-clock: {wall / 60:.1f} minutes")
