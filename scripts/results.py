@@ -296,9 +296,9 @@ def _control(cell: Cell, off: Cell, out_root: Path, seed: int, threads: int) -> 
     if record.exists() and json.loads(record.read_text()) != want:
         raise RuntimeError(f"{out / 'control'} was trained with {json.loads(record.read_text())}, not {want}; "
                            f"delete it to retrain")
-    record.write_text(json.dumps(want, indent=1) + "\n")
     run_dir = out / "control" / f"seed{seed}"
     if not (run_dir / "metrics.json").exists():
+        record.write_text(json.dumps(want, indent=1) + "\n")
         _call(seed_args(out_root / off.slug, seed, run_dir, overrides), threads, out / f"control{seed}.log")
     return {**_row(cell, out / "control", seed, run_dir), "graph": cell.graph}
 
