@@ -457,7 +457,7 @@ def graph_plot(frame: pd.DataFrame, path: str | Path) -> Path:
 
 
 def write_report(frame: pd.DataFrame, path: str | Path, *, cells: Sequence[Cell], seeds: Sequence[int], trials: int,
-                 extra: Sequence[str] = (), out_root: str | Path = "runs/results", commit: Optional[str] = None,
+                 extra: Sequence[str] = (), out_root: str | Path = "runs/results",
                  wall_s: Optional[float] = None, notes: str = "", controls: Optional[pd.DataFrame] = None,
                  setting: Optional[str] = None) -> Path:
     """``docs/results.md``: the grid's table, the plot beside it, the tuned values and the exact commands."""
@@ -467,12 +467,14 @@ def write_report(frame: pd.DataFrame, path: str | Path, *, cells: Sequence[Cell]
         if (Path(out_root) / c.slug / "tune" / "trials.csv").exists():
             tuned[(c.loss, c.graph)] = tuning(c, out_root)
     table = summary(frame, tuned)
+    commits = run_commits(frame, controls)
     plot = graph_plot(frame, path.parent / "img" / f"graph_{path.stem}.png")
     budget = " ".join(extra)
     wall = f"{wall_s / 60:.0f} minutes" if wall_s is not None else "not measured"
     dataset = Path(cells[0].config).stem if cells else "glyphs"
     parts = [f"# Does the batch graph help? Results on {setting or dataset}", "",
-             f"Commit `{commit or 'unknown'}`. Regenerate with `make results` (wall-clock time of tuning and training, "
+             f"Runs made at commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits) or 'unknown'} (each run's env.json). "
+             f"Regenerate with `make results` (wall-clock time of tuning and training, "
              f"summed over the invocations that ran them: {wall}, on 2 shared CPU cores).", "",
              f"Each cell: `pygml-tune` with {trials} trials on a validation split of {VAL_FRACTION:.0%} of the training "
              f"classes (seed {TUNE_SEED}; trial 0 is the cell's starting values, the others drawn by `--sampler {SAMPLER}`), then the best config trained on all "
@@ -515,12 +517,15 @@ def write_report(frame: pd.DataFrame, path: str | Path, *, cells: Sequence[Cell]
     return path
 
 
-def _commit() -> Optional[str]:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                              timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+def run_commits(*frames: Optional[pd.DataFrame]) -> list[str]:
+    """The commits (short) the runs of ``frames`` were made at, read from each run's ``env.json``."""
+    commits = set()
+    for frame in frames:
+        for out_dir in (frame.out_dir if frame is not None and len(frame) else ()):
+            env = Path(out_dir) / "env.json"
+            if env.exists() and (commit := json.loads(env.read_text()).get("commit")):
+                commits.add(commit[:7])
+    return sorted(commits)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -577,7 +582,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         timing.write_text(json.dumps({"wall_s": wall}))
     notes = Path(args.notes).read_text() if args.notes and Path(args.notes).exists() else ""
     report = write_report(frame, args.report, cells=cells, seeds=args.seeds, trials=args.trials, extra=args.extra,
-                          out_root=args.out, commit=_commit(), wall_s=wall, notes=notes, controls=controls,
+                          out_root=args.out, wall_s=wall, notes=notes, controls=controls,
                           setting=args.setting)
     print(markdown_table(summary(frame)))
     if wall is not None:

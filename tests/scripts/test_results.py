@@ -85,10 +85,12 @@ def test_results_on_a_small_run(results, tmp_path, monkeypatch, repo_root):
     with pytest.raises(RuntimeError, match="made with other extra"):  # another budget is never reported as this one
         results.collect(cells, [0, 1], tmp_path / "runs", [*extra, "train.epochs=2"], val_fraction=0.4)
     report = results.write_report(frame, tmp_path / "docs" / "results.md", cells=cells, seeds=[0, 1], trials=1,
-                                  extra=extra, out_root=tmp_path / "runs", commit="abc123", wall_s=60.0)
+                                  extra=extra, out_root=tmp_path / "runs", wall_s=60.0)
     text = report.read_text()
     assert "| normalized softmax | off | 2 |" in text and "| normalized softmax | + Intra-Batch MPN | 2 |" in text
-    assert "abc123" in text and "1 minutes" in text and "python tune.py --config configs/baseline/glyphs.yaml" in text
+    commits = {json.loads((Path(d) / "env.json").read_text())["commit"] for d in frame.out_dir}
+    assert results.run_commits(frame) == sorted(c[:7] for c in commits if c)  # each run's own commit, not HEAD's
+    assert "1 minutes" in text and "python tune.py --config configs/baseline/glyphs.yaml" in text
     _is_png(tmp_path / "docs" / "img" / "graph_results.png")
 
 
