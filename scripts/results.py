@@ -286,21 +286,21 @@ def _override_value(value: Any) -> str:
     return str(value)
 
 
-def _control(cell: Cell, off: Cell, out_root: Path, seed: int, threads: int) -> dict:
-    """One seed of the graph-off config at the graph cell's values, in ``<cell>/control/seed<seed>``."""
+def _control(cell: Cell, off: Cell, out_root: Path, seed: int, threads: int, train: bool = True) -> Optional[dict]:
+    """One seed of the graph-off config at the graph cell's values: the off cell's own run when those are its
+    values, else ``<cell>/control/seed<seed>``, trained when missing and ``train``; ``None`` when it is missing."""
     overrides = control_overrides(cell, off, out_root)
-    if not overrides:
-        return {**_row(off, out_root / off.slug, seed), "graph": cell.graph}
     out = out_root / cell.slug
-    record, want = out / "control.json", {"config": f"{off.slug}/tune/best.yaml", "overrides": overrides}
-    if record.exists() and json.loads(record.read_text()) != want:
-        raise RuntimeError(f"{out / 'control'} was trained with {json.loads(record.read_text())}, not {want}; "
-                           f"delete it to retrain")
-    run_dir = out / "control" / f"seed{seed}"
-    if not (run_dir / "metrics.json").exists():
-        record.write_text(json.dumps(want, indent=1) + "\n")
-        _call(seed_args(out_root / off.slug, seed, run_dir, overrides), threads, out / f"control{seed}.log")
-    return {**_row(cell, out / "control", seed, run_dir), "graph": cell.graph}
+    run_dir = out / "control" / f"seed{seed}" if overrides else out_root / off.slug / f"seed{seed}"
+    if overrides:
+        record, want = out / "control.json", {"config": f"{off.slug}/tune/best.yaml", "overrides": overrides}
+        if record.exists() and json.loads(record.read_text()) != want:
+            raise RuntimeError(f"{out / 'control'} was trained with {json.loads(record.read_text())}, not {want}; "
+                               f"delete it to retrain")
+        if train and not (run_dir / "metrics.json").exists():
+            record.write_text(json.dumps(want, indent=1) + "\n")
+            _call(seed_args(out_root / off.slug, seed, run_dir, overrides), threads, out / f"control{seed}.log")
+    return _row(cell, out, seed, run_dir) if (run_dir / "metrics.json").exists() else None
 
 
 def _short(value: str) -> str:
@@ -322,20 +322,15 @@ def run_controls(cells: Sequence[Cell], seeds: Sequence[int], out_root: str | Pa
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(_control, c, off, out_root, s, threads) for c, off in _pairs(cells) for s in seeds]
-        return pd.DataFrame([f.result() for f in futures])
+        return pd.DataFrame([row for f in futures if (row := f.result()) is not None])
 
 
 def collect_controls(cells: Sequence[Cell], seeds: Sequence[int], out_root: str | Path) -> pd.DataFrame:
     """The control rows already finished under ``out_root``."""
-    out_root, rows = Path(out_root), []
-    for c, off in _pairs(cells):
-        if not all((out_root / x.slug / "tune" / "trials.csv").exists() for x in (c, off)):
-            continue
-        same = not control_overrides(c, off, out_root)
-        for s in seeds:
-            if (out_root / (off.slug if same else f"{c.slug}/control") / f"seed{s}" / "metrics.json").exists():
-                rows.append(_control(c, off, out_root, s, threads=1))
-    return pd.DataFrame(rows)
+    out_root = Path(out_root)
+    rows = [_control(c, off, out_root, s, threads=1, train=False) for c, off in _pairs(cells)
+            if all((out_root / x.slug / "tune" / "trials.csv").exists() for x in (c, off)) for s in seeds]
+    return pd.DataFrame([row for row in rows if row is not None])
 
 
 def control_table(frame: pd.DataFrame, controls: pd.DataFrame, cells: Sequence[Cell], out_root: str | Path

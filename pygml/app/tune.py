@@ -207,10 +207,11 @@ def tune(cfg: Any, space: Sequence[Param], out: str | Path, *, trials: int, metr
     if not study.trials:
         for key, value in drawn.items():
             study.set_user_attr(key, value)
-    elif any(study.user_attrs.get(k, {"sampler": "tpe"}.get(k, v)) != v for k, v in drawn.items()):
-        raise ConfigError(f"{out / 'study.db'} was started with --sampler {study.user_attrs.get('sampler', 'tpe')} "
-                          f"--sampler-seed {study.user_attrs.get('sampler_seed', 0)}; continue it with those, or "
-                          f"pass another --out")
+    # a study from before the sampler was recorded was drawn by TPE, with a seed not recorded
+    started = {**drawn, "sampler": "tpe", **study.user_attrs}
+    if any(started[k] != v for k, v in drawn.items()):
+        raise ConfigError(f"{out / 'study.db'} was started with --sampler {started['sampler']} --sampler-seed "
+                          f"{started['sampler_seed']}; continue it with those, or pass another --out")
     ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     done = len(study.get_trials(deepcopy=False, states=ended))
     todo = max(trials - done, 0)
